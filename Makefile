@@ -1,0 +1,51 @@
+# virtscale: `make demo` runs the whole system, `make test` runs the tests.
+# Both do their own set-up (apt packages, .venv, RabbitMQ, libvirtd) and are idempotent.
+
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+QUEUE ?= licenses
+BROKER_HOST ?= 127.0.0.1:5672
+SECRETS := var/secrets
+# Each component connects as its own least-privilege user; the password comes from a file.
+as = --amqp-url amqp://$(1)@$(BROKER_HOST)/%2F --password-file $(SECRETS)/$(1) --queue $(QUEUE)
+
+.PHONY: setup broker producer worker collector stats scaler demo test test-unit bench lint clean
+
+setup:
+	@deploy/setup.sh
+
+broker: setup
+	@$(BIN)/python deploy/broker_accounts.py --queue $(QUEUE) --secrets-dir $(SECRETS)
+	@$(BIN)/virtscale-broker declare --queue $(QUEUE)
+
+producer: broker
+	$(BIN)/virtscale-producer $(call as,producer) $(ARGS)
+
+worker: broker
+	$(BIN)/virtscale-worker $(call as,worker) $(ARGS)
+
+collector: broker
+	$(BIN)/virtscale-collector run $(call as,collector) $(ARGS)
+
+stats: setup
+	@$(BIN)/virtscale-collector stats $(ARGS)
+
+demo: broker
+	@deploy/demo.sh
+
+test: broker
+	$(BIN)/python -m pytest $(ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit $(ARGS)
+
+bench: broker
+	$(BIN)/python -m bench $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf var/virtscale var/demo

@@ -1,0 +1,1 @@
+"""The producer (publishes license jobs) and the collector (stores their hashes)."""

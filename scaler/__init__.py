@@ -1,0 +1,1 @@
+"""The scaler: observe queue and libvirt, decide with a pure policy, act on domains."""

@@ -1,0 +1,1 @@
+"""Code shared by the producer, the worker, the collector and the scaler."""

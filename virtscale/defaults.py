@@ -1,0 +1,49 @@
+"""Every tunable default in one place; each flag's default comes from here."""
+
+#: Broker URL when neither --amqp-url nor VIRTSCALE_AMQP_URL is given (loopback development only).
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+#: Job queue name; results go to "<queue>.hashed" and dead letters to "<queue>.dead".
+QUEUE = "licenses"
+
+#: Deliveries of one job before the broker dead-letters it (a poison message never loops forever).
+DELIVERY_LIMIT = 5
+
+#: AMQP heartbeat in seconds: how fast a silently dead TCP connection is noticed.
+HEARTBEAT = 30
+
+#: Seconds the first reconnect waits; doubles each attempt (with jitter) up to RECONNECT_MAX.
+RECONNECT_INITIAL = 0.5
+
+#: Longest wait between two reconnect attempts, in seconds.
+RECONNECT_MAX = 30.0
+
+#: Seconds between publishes in the producer (the original's "delta").
+DELTA = 1.0
+
+#: Published but unconfirmed messages the producer keeps in flight at most.
+MAX_OUTSTANDING = 2000
+
+#: bcrypt cost factor (log2 rounds) the worker uses.
+BCRYPT_COST = 12
+
+#: bcrypt hashes at most 72 bytes; longer input would be silently truncated, so it is refused.
+LICENSE_MAX_BYTES = 72
+
+#: Largest job body accepted, in bytes; anything larger is dead-lettered unread.
+MAX_BODY_BYTES = 4096
+
+#: SQLite store the collector writes to.
+STORE_URL = "sqlite:///var/virtscale/hashes.db"
+
+#: Rows the collector inserts per transaction at most.
+COLLECTOR_BATCH = 500
+
+#: Seconds a partial batch waits before the collector commits it anyway.
+COLLECTOR_FLUSH_INTERVAL = 0.2
+
+#: Seconds between progress lines on long runs.
+PROGRESS_INTERVAL = 5.0
+
+#: Header that carries why a message was dead-lettered.
+REASON_HEADER = "x-virtscale-reason"

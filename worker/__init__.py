@@ -1,0 +1,1 @@
+"""The worker: consume jobs, bcrypt each license, publish the hash, ack."""
