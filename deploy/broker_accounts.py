@@ -23,7 +23,12 @@ def permissions(queue: str) -> dict[str, dict]:
     return {
         "producer": {"configure": "^$", "write": r"^amq\.default$", "read": "^$", "tags": ""},
         "worker": {"configure": "^$", "write": r"^amq\.default$", "read": f"^{jobs}$", "tags": ""},
-        "collector": {"configure": "^$", "write": r"^amq\.default$", "read": f"^{results}$", "tags": ""},
+        "collector": {
+            "configure": "^$",
+            "write": r"^amq\.default$",
+            "read": f"^{results}$",
+            "tags": "",
+        },
         # The scaler only watches: the management API with the monitoring tag, no AMQP rights.
         "scaler": {"configure": "^$", "write": "^$", "read": "^$", "tags": "monitoring"},
     }
@@ -57,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         http.auth = admin
         for user, rights in permissions(args.queue).items():
             password = password_for(args.secrets_dir, user)
-            response = http.put(f"{api}/users/{user}", json={"password": password, "tags": rights["tags"]},
-                                timeout=10)
+            response = http.put(
+                f"{api}/users/{user}",
+                json={"password": password, "tags": rights["tags"]},
+                timeout=10,
+            )
             response.raise_for_status()
             grant = {key: rights[key] for key in ("configure", "write", "read")}
             response = http.put(f"{api}/permissions/{vhost}/{user}", json=grant, timeout=10)

@@ -41,7 +41,9 @@ class Collector:
 
     def run(self) -> None:
         keep_running(self._run_session, self.stop_requested, "collector")
-        log.info("collector stopped: %d stored, %d duplicates ignored", self.stored, self.duplicates)
+        log.info(
+            "collector stopped: %d stored, %d duplicates ignored", self.stored, self.duplicates
+        )
 
     def request_stop(self) -> None:
         """Store and ack what has arrived, then exit (signal-safe)."""
@@ -73,14 +75,21 @@ class Collector:
             result = parse_result(body)
         except InvalidMessage as exc:
             reason = str(exc)
-            log.warning("dead-lettering result %s: %s", properties.message_id or f"#{delivery_tag}", reason)
+            log.warning(
+                "dead-lettering result %s: %s", properties.message_id or f"#{delivery_tag}", reason
+            )
 
             def confirmed(ok: bool) -> None:
                 if session is self._session and session.usable:
                     session.ack(delivery_tag) if ok else session.nack(delivery_tag)
 
-            session.publish(self.names.dead, body, confirmed, message_id=properties.message_id,
-                            headers={defaults.REASON_HEADER: reason})
+            session.publish(
+                self.names.dead,
+                body,
+                confirmed,
+                message_id=properties.message_id,
+                headers={defaults.REASON_HEADER: reason},
+            )
             return
         self._batch.append((delivery_tag, result))
         if len(self._batch) >= self.batch_size:

@@ -23,16 +23,29 @@ from virtscale.config import (
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="virtscale-collector", description=__doc__)
-    parser.add_argument("command", nargs="?", choices=["run", "stats"], default="run",
-                        help="run (default): consume and store; stats: print store figures as JSON")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["run", "stats"],
+        default="run",
+        help="run (default): consume and store; stats: print store figures as JSON",
+    )
     add_common_options(parser)
-    parser.add_argument("--store", default=defaults.STORE_URL,
-                        help="SQLite URL (default: %(default)s)")
-    parser.add_argument("--batch", type=positive_int, default=defaults.COLLECTOR_BATCH,
-                        help="rows per transaction at most (default: %(default)s)")
-    parser.add_argument("--flush-interval", type=positive_float,
-                        default=defaults.COLLECTOR_FLUSH_INTERVAL,
-                        help="seconds before a partial batch is committed (default: %(default)s)")
+    parser.add_argument(
+        "--store", default=defaults.STORE_URL, help="SQLite URL (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch",
+        type=positive_int,
+        default=defaults.COLLECTOR_BATCH,
+        help="rows per transaction at most (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--flush-interval",
+        type=positive_float,
+        default=defaults.COLLECTOR_FLUSH_INTERVAL,
+        help="seconds before a partial batch is committed (default: %(default)s)",
+    )
     return parser
 
 
@@ -54,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             stats["dead_lettered"] = None  # broker unreachable: unknown, not zero
         print(json.dumps(stats, indent=2))
         return 0
-    collector = Collector(url, names, store, batch_size=args.batch, flush_interval=args.flush_interval)
+    collector = Collector(
+        url, names, store, batch_size=args.batch, flush_interval=args.flush_interval
+    )
     signal.signal(signal.SIGTERM, lambda *_: collector.request_stop())
     signal.signal(signal.SIGINT, lambda *_: collector.request_stop())
     try:
@@ -65,3 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         store.close()
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

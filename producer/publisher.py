@@ -191,7 +191,12 @@ class Producer:
             log.warning("job %s not confirmed; will publish it again", job.id)
             self._to_publish.append(job)
         session = self._session
-        if self.rate is None and not self._fill_scheduled and session is not None and session.usable:
+        if (
+            self.rate is None
+            and not self._fill_scheduled
+            and session is not None
+            and session.usable
+        ):
             # Unpaced: top the window up as confirms come in, once per burst of confirms.
             self._fill_scheduled = True
             session.call_later(0, self._fill)
@@ -204,6 +209,9 @@ class Producer:
         rate = (self.report.confirmed - confirmed_then) / (now - since)
         log.info(
             "published %d, confirmed %d, outstanding %d, %.1f confirmed/s",
-            self.report.generated, self.report.confirmed, len(self._unconfirmed), rate,
+            self.report.generated,
+            self.report.confirmed,
+            len(self._unconfirmed),
+            rate,
         )
         self._last_progress = (now, self.report.confirmed)

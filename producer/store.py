@@ -38,7 +38,12 @@ class StoreError(ValueError):
 def sqlite_path(url: str) -> str:
     """The file of a ``sqlite:///relative/path`` or ``sqlite:////absolute/path`` URL."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+    if (
+        parts.scheme != "sqlite"
+        or parts.netloc
+        or not parts.path.startswith("/")
+        or parts.path == "/"
+    ):
         raise StoreError(
             f"--store must look like sqlite:///var/virtscale/hashes.db (relative) "
             f"or sqlite:////abs/path.db, got {url!r}"
@@ -67,7 +72,8 @@ class Store:
     def insert(self, results: Iterable[Result], stored_at: float) -> tuple[int, int]:
         """Insert a batch in one transaction; (stored, duplicates ignored)."""
         rows = [
-            (r.id, r.hash, r.worker, r.produced_at, r.hashed_at, r.hash_ms, stored_at) for r in results
+            (r.id, r.hash, r.worker, r.produced_at, r.hashed_at, r.hash_ms, stored_at)
+            for r in results
         ]
         with self._db:
             before = self._db.total_changes
@@ -105,7 +111,9 @@ class Store:
             self._db.execute("SELECT worker, COUNT(*) FROM hashes GROUP BY worker ORDER BY worker")
         )
         percentiles = (
-            np.percentile(latencies, [50, 95, 99]).round(3).tolist() if latencies.size else [None] * 3
+            np.percentile(latencies, [50, 95, 99]).round(3).tolist()
+            if latencies.size
+            else [None] * 3
         )
         return {
             "stored": int(latencies.size),

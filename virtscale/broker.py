@@ -73,7 +73,9 @@ def classify(exc: BaseException, url: str, after_ready: bool = False) -> Excepti
     return BrokerUnavailable(f"broker at {where} unavailable: {exc!r}", after_ready)
 
 
-def _blocking_call(url: str, action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object]):
+def _blocking_call(
+    url: str, action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object]
+):
     try:
         connection = pika.BlockingConnection(connection_parameters(url))
     except pika.exceptions.AMQPError as exc:
@@ -87,7 +89,9 @@ def _blocking_call(url: str, action: Callable[[pika.adapters.blocking_connection
             connection.close()
 
 
-def declare_topology(url: str, names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT) -> None:
+def declare_topology(
+    url: str, names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT
+) -> None:
     """Declare the job, result and dead-letter queues (idempotent; needs configure rights)."""
 
     def declare(channel) -> None:
@@ -209,7 +213,12 @@ class Session:
 
     @property
     def usable(self) -> bool:
-        return self.ready and not self._stopping and self._channel is not None and self._channel.is_open
+        return (
+            self.ready
+            and not self._stopping
+            and self._channel is not None
+            and self._channel.is_open
+        )
 
     # -- publishing ------------------------------------------------------------------
 
@@ -254,7 +263,9 @@ class Session:
             on_confirm(ok and not returned)
 
     def _on_return(self, _channel, method, properties, _body) -> None:
-        log.warning("message %s returned as unroutable: %s", properties.message_id, method.reply_text)
+        log.warning(
+            "message %s returned as unroutable: %s", properties.message_id, method.reply_text
+        )
         if properties.message_id is not None:
             self._returned.add(properties.message_id)
 
@@ -292,7 +303,11 @@ class Session:
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, _connection, error) -> None:
-        self._failure = classify(error, self.url) if isinstance(error, Exception) else BrokerUnavailable(str(error))
+        self._failure = (
+            classify(error, self.url)
+            if isinstance(error, Exception)
+            else BrokerUnavailable(str(error))
+        )
         self._connection.ioloop.stop()
 
     def _on_connection_closed(self, _connection, reason) -> None:
@@ -305,7 +320,10 @@ class Session:
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
-        channel.confirm_delivery(self._on_delivery_confirmation, callback=lambda _f: self._check_queues(list(self._queues)))
+        channel.confirm_delivery(
+            self._on_delivery_confirmation,
+            callback=lambda _f: self._check_queues(list(self._queues)),
+        )
 
     def _check_queues(self, remaining: list[str]) -> None:
         # Passive declares: the topology is made by an operator (make broker), so a
@@ -316,7 +334,9 @@ class Session:
                 queue, passive=True, callback=lambda _frame: self._check_queues(remaining)
             )
         elif self._prefetch:
-            self._channel.basic_qos(prefetch_count=self._prefetch, callback=lambda _f: self._became_ready())
+            self._channel.basic_qos(
+                prefetch_count=self._prefetch, callback=lambda _f: self._became_ready()
+            )
         else:
             self._became_ready()
 
@@ -348,7 +368,10 @@ def keep_running(
     def log_retry(state: tenacity.RetryCallState) -> None:
         log.warning(
             "%s: %s; retrying in %.1f s (attempt %d)",
-            what, state.outcome.exception(), state.next_action.sleep, state.attempt_number,
+            what,
+            state.outcome.exception(),
+            state.next_action.sleep,
+            state.attempt_number,
         )
 
     def retryable(exc: BaseException) -> bool:

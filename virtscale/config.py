@@ -71,9 +71,7 @@ def _number(text: str, kind: type) -> float | int:
 
 def queue_name(text: str) -> str:
     if not QUEUE_NAME_PATTERN.match(text):
-        raise argparse.ArgumentTypeError(
-            f"must be 1-200 letters, digits or . _ : -, got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"must be 1-200 letters, digits or . _ : -, got {text!r}")
     return text
 
 
@@ -94,7 +92,8 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         "--queue",
         type=queue_name,
         default=os.environ.get("VIRTSCALE_QUEUE", defaults.QUEUE),
-        help="job queue; results on QUEUE.hashed, dead letters on QUEUE.dead (default: %(default)s)",
+        help="job queue; results on QUEUE.hashed, dead letters on QUEUE.dead "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--log-level",
@@ -110,7 +109,10 @@ def resolve_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     url = args.amqp_url
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        parser.error(f"--amqp-url must look like amqp://user:password@host:5672/vhost, got {redact_url(url)!r}")
+        parser.error(
+            "--amqp-url must look like amqp://user:password@host:5672/vhost, "
+            f"got {redact_url(url)!r}"
+        )
     password = os.environ.get("VIRTSCALE_AMQP_PASSWORD")
     if args.password_file:
         try:

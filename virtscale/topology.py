@@ -24,8 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="virtscale-broker", description=__doc__)
     parser.add_argument("command", choices=["declare", "delete"])
     add_common_options(parser)
-    parser.add_argument("--delivery-limit", type=positive_int, default=defaults.DELIVERY_LIMIT,
-                        help="deliveries of a job before it is dead-lettered (default: %(default)s)")
+    parser.add_argument(
+        "--delivery-limit",
+        type=positive_int,
+        default=defaults.DELIVERY_LIMIT,
+        help="deliveries of a job before it is dead-lettered (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     url = resolve_amqp_url(parser, args)
     configure_logging(args.log_level)

@@ -37,15 +37,30 @@ def bcrypt_cost(text: str) -> int:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="virtscale-worker", description=__doc__)
     add_common_options(parser)
-    parser.add_argument("--cost", type=bcrypt_cost, default=defaults.BCRYPT_COST,
-                        help="bcrypt cost factor, 4-31 (default: %(default)s)")
-    parser.add_argument("--concurrency", type=positive_int, default=default_concurrency(),
-                        help="hashing slots (default: CPU count, here %(default)s)")
-    parser.add_argument("--prefetch-per-slot", type=positive_int, default=1,
-                        help="unacked jobs held per slot; 1 lets a new worker take work at once "
-                        "(default: %(default)s)")
-    parser.add_argument("--name", default=os.environ.get("VIRTSCALE_WORKER_NAME", socket.gethostname()),
-                        help="name reported with each result (default: host name)")
+    parser.add_argument(
+        "--cost",
+        type=bcrypt_cost,
+        default=defaults.BCRYPT_COST,
+        help="bcrypt cost factor, 4-31 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=default_concurrency(),
+        help="hashing slots (default: CPU count, here %(default)s)",
+    )
+    parser.add_argument(
+        "--prefetch-per-slot",
+        type=positive_int,
+        default=1,
+        help="unacked jobs held per slot; 1 lets a new worker take work at once "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("VIRTSCALE_WORKER_NAME", socket.gethostname()),
+        help="name reported with each result (default: host name)",
+    )
     return parser
 
 

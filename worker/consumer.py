@@ -55,13 +55,22 @@ class Worker:
         """Work until asked to stop; raises BrokerRefused on a configuration error."""
         log.info(
             "worker %s: cost %d, %d slot(s), prefetch %d, queue %s",
-            self.name, self.cost, self.concurrency, self.prefetch, self.names.jobs,
+            self.name,
+            self.cost,
+            self.concurrency,
+            self.prefetch,
+            self.names.jobs,
         )
         try:
             keep_running(self._run_session, self.stop_requested, f"worker {self.name}")
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        log.info("worker %s stopped: %d hashed, %d dead-lettered", self.name, self.hashed, self.dead_lettered)
+        log.info(
+            "worker %s stopped: %d hashed, %d dead-lettered",
+            self.name,
+            self.hashed,
+            self.dead_lettered,
+        )
 
     def request_stop(self) -> None:
         """Warm stop (signal-safe): take no new jobs, finish and ack those in hand, exit."""
@@ -111,7 +120,9 @@ class Worker:
         self._in_hand += 1
         future = self._pool.submit(hash_license, job.license, self.cost)
         future.add_done_callback(
-            lambda done: session.threadsafe(lambda: self._publish_result(session, delivery_tag, job, done))
+            lambda done: session.threadsafe(
+                lambda: self._publish_result(session, delivery_tag, job, done)
+            )
         )
 
     def _publish_result(self, session: Session, delivery_tag: int, job: Job, done: Future) -> None:
@@ -122,7 +133,9 @@ class Worker:
         except Exception as exc:  # bcrypt refused input that passed validation: never retry it
             log.error("job %s: hashing failed: %s", job.id, type(exc).__name__)
             self._in_hand -= 1
-            self._dead_letter(session, delivery_tag, None, job.to_json(), f"hashing failed: {type(exc).__name__}")
+            self._dead_letter(
+                session, delivery_tag, None, job.to_json(), f"hashing failed: {type(exc).__name__}"
+            )
             return
         result = Result(
             id=job.id,

@@ -1,0 +1,144 @@
+"""Shared fixtures: the real RabbitMQ on this machine, per-test queues, component processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+from virtscale.broker import declare_topology, delete_topology
+from virtscale.naming import QueueNames
+
+BROKER_URL = os.environ.get("VIRTSCALE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+MANAGEMENT_URL = os.environ.get("VIRTSCALE_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(available: bool, what: str) -> None:
+    """Skip when a service is missing locally; fail under CI=true, where it must be there."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is not reachable, and CI=true requires it")
+    pytest.skip(f"{what} is not reachable")
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    require(port_open("127.0.0.1", 5672), "RabbitMQ on 127.0.0.1:5672")
+    return BROKER_URL
+
+
+@pytest.fixture
+def names(broker_url: str) -> Iterator[QueueNames]:
+    """A fresh job/result/dead queue trio for one test, deleted afterwards."""
+    queue_names = QueueNames(f"test-{uuid.uuid4().hex[:10]}")
+    declare_topology(broker_url, queue_names, delivery_limit=5)
+    yield queue_names
+    delete_topology(broker_url, queue_names)
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, every: float = 0.2):
+    """Poll until ``condition`` is truthy; fail with ``what`` after ``timeout`` (a bound, not a
+    timing assertion: it only stops a broken test from hanging)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Processes:
+    """Components started as real processes, their output kept in files, all killed at the end."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.started: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(self, module: str, *args: str, name: str | None = None) -> subprocess.Popen:
+        log_path = self.directory / f"{name or module}-{len(self.started)}.log"
+        handle = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.started.append((process, log_path))
+        return process
+
+    def output(self, process: subprocess.Popen) -> str:
+        for candidate, path in self.started:
+            if candidate is process:
+                return path.read_text(errors="replace")
+        raise KeyError(process)
+
+    def all_output(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for _process, path in self.started)
+
+    def stop_all(self) -> None:
+        for process, _path in self.started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    running = Processes(tmp_path)
+    yield running
+    running.stop_all()
+
+
+def publish_raw(url: str, queue: str, bodies: list[bytes]) -> None:
+    """Publish bodies as they are (confirmed), bypassing the producer: bad input, known ids."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for body in bodies:
+            channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+    finally:
+        connection.close()
+
+
+def drain_queue(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+    """Take every message now in ``queue``."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    taken = []
+    try:
+        channel = connection.channel()
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return taken
+            taken.append((properties, body))
+    finally:
+        connection.close()
+
+
+def queue_depth(url: str, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
