@@ -1,0 +1,176 @@
+"""Worker and producer efficiency against bare baselines, on the real RabbitMQ."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import bcrypt
+import pika
+
+from producer.licenses import LicenseGenerator
+from producer.publisher import Producer
+from virtscale.broker import declare_topology, delete_topology
+from virtscale.naming import QueueNames
+from worker.consumer import default_concurrency
+
+URL = os.environ.get("VIRTSCALE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def raw_bcrypt_rate(cost: int, jobs: int, slots: int) -> float:
+    """Hashes per second of bare bcrypt.hashpw on ``slots`` threads (bcrypt releases the GIL)."""
+    generate = LicenseGenerator(1)
+    licenses = [generate().encode() for _ in range(jobs)]
+    with ThreadPoolExecutor(slots) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda pw: bcrypt.hashpw(pw, bcrypt.gensalt(cost)), licenses))
+        return jobs / (time.perf_counter() - started)
+
+
+def pipeline_rate(cost: int, jobs: int, slots: int, extra: list[str]) -> float:
+    """Hashes per second of a real worker process, from the hashed_at of its results
+    (start-up excluded): jobs are queued first, then the worker drains them."""
+    names = QueueNames(f"bench-{uuid.uuid4().hex[:8]}")
+    declare_topology(URL, names)
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(URL))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        generate = LicenseGenerator(2)
+        for _ in range(jobs):
+            body = json.dumps({"id": str(uuid.uuid4()), "license": generate(), "produced_at": 0})
+            channel.basic_publish(
+                "", names.jobs, body.encode(), pika.BasicProperties(delivery_mode=2)
+            )
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "--amqp-url",
+                URL,
+                "--queue",
+                names.jobs,
+                "--cost",
+                str(cost),
+                "--concurrency",
+                str(slots),
+                "--log-level",
+                "WARNING",
+                *extra,
+            ],
+        )
+        hashed_at = []
+        while len(hashed_at) < jobs:
+            method, _props, body = channel.basic_get(names.results, auto_ack=True)
+            if method is None:
+                connection.sleep(0.05)
+                continue
+            hashed_at.append(json.loads(body)["hashed_at"])
+        worker.terminate()
+        worker.wait(30)
+        connection.close()
+        hashed_at.sort()
+        # The first result marks the start: jobs-1 intervals between first and last.
+        return (jobs - 1) / (hashed_at[-1] - hashed_at[0])
+    finally:
+        delete_topology(URL, names)
+
+
+def worker_efficiency() -> None:
+    slots = default_concurrency()
+    print(f"\nWorker efficiency ({slots} slots): pipeline hashes/s / raw bcrypt.hashpw hashes/s")
+    print(
+        f"{'cost':>4} {'prefetch/slot':>13} {'raw/s':>9} {'pipeline/s':>11} {'ratio':>6} {'target':>6}"
+    )
+    for cost, jobs, target in ((4, 4000, 0.90), (10, 400, 0.97), (12, 100, None)):
+        raw = raw_bcrypt_rate(cost, jobs, slots)
+        for per_slot in (1, 2):
+            rate = pipeline_rate(cost, jobs, slots, ["--prefetch-per-slot", str(per_slot)])
+            print(
+                f"{cost:>4} {per_slot:>13} {raw:>9.1f} {rate:>11.1f} {rate / raw:>6.2f} "
+                f"{'' if target is None else f'{target:.2f}':>6}"
+            )
+
+
+def bare_publish_rate(names: QueueNames, count: int) -> float:
+    """A bare pika publisher: persistent messages, no confirms, same queue type."""
+    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    channel = connection.channel()
+    generate = LicenseGenerator(3)
+    bodies = [
+        json.dumps({"id": str(uuid.uuid4()), "license": generate(), "produced_at": 0}).encode()
+        for _ in range(count)
+    ]
+    properties = pika.BasicProperties(delivery_mode=2)
+    started = time.perf_counter()
+    for body in bodies:
+        channel.basic_publish("", names.jobs, body, properties)
+    connection.process_data_events(0)
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return count / elapsed
+
+
+def confirmed_publish_rate(names: QueueNames, count: int) -> float:
+    producer = Producer(
+        URL, names, LicenseGenerator(4), rate=None, count=count, progress_interval=1e9
+    )
+    started = time.perf_counter()
+    report = producer.run()
+    elapsed = time.perf_counter() - started
+    assert report.confirmed == count
+    return count / elapsed
+
+
+def one_by_one_confirm_rate(names: QueueNames, count: int) -> float:
+    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    started = time.perf_counter()
+    for index in range(count):
+        channel.basic_publish(
+            "", names.jobs, b'{"n": %d}' % index, pika.BasicProperties(delivery_mode=2)
+        )
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return count / elapsed
+
+
+def purge(names: QueueNames) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    connection.channel().queue_purge(names.jobs)
+    connection.close()
+
+
+def producer_efficiency(count: int = 20000, rounds: int = 3) -> None:
+    names = QueueNames(f"bench-{uuid.uuid4().hex[:8]}")
+    declare_topology(URL, names)
+    try:
+        bare, confirmed = [], []
+        for _ in range(rounds):
+            bare.append(bare_publish_rate(names, count))
+            purge(names)
+            confirmed.append(confirmed_publish_rate(names, count))
+            purge(names)
+        single = one_by_one_confirm_rate(names, 1000)
+        purge(names)
+    finally:
+        delete_topology(URL, names)
+    best_bare, best_confirmed = max(bare), max(confirmed)
+    print(f"\nProducer efficiency: {count} persistent messages to a quorum queue, best of {rounds}")
+    print(f"{'publisher':<44} {'msgs/s':>9} {'ratio':>6}")
+    print(f"{'bare pika, no confirms (baseline)':<44} {best_bare:>9.0f} {1:>6.2f}")
+    print(
+        f"{'virtscale-producer, pipelined confirms':<44} {best_confirmed:>9.0f} "
+        f"{best_confirmed / best_bare:>6.2f}"
+    )
+    print(
+        f"{'one publish, wait for its confirm, repeat':<44} {single:>9.0f} {single / best_bare:>6.2f}"
+    )
+    print("target: virtscale-producer >= 0.75")
