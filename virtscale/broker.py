@@ -46,13 +46,13 @@ class BrokerRefused(Exception):
     argument). Retrying will not help: fix the configuration named in the message and restart."""
 
 
-def connection_parameters(url: str) -> pika.URLParameters:
+def connection_parameters(url: str, connection_name: str = "virtscale") -> pika.URLParameters:
     params = pika.URLParameters(url)
     if "heartbeat" not in url:
         params.heartbeat = defaults.HEARTBEAT
     params.connection_attempts = 1
     params.blocked_connection_timeout = 60
-    params.client_properties = {"connection_name": "virtscale"}
+    params.client_properties = {"connection_name": connection_name}
     return params
 
 
@@ -145,11 +145,11 @@ class Session:
         *,
         queues: tuple[str, ...] = (),
         prefetch: int = 0,
-        on_stopping: Callable[[Session], None] | None = None,
+        connection_name: str = "virtscale",
     ):
         self.url = url
         self._on_ready = on_ready
-        self._on_stopping = on_stopping
+        self._connection_name = connection_name
         self._queues = queues
         self._prefetch = prefetch
         self._connection: pika.SelectConnection | None = None
@@ -169,7 +169,7 @@ class Session:
     def run(self) -> None:
         try:
             self._connection = pika.SelectConnection(
-                connection_parameters(self.url),
+                connection_parameters(self.url, self._connection_name),
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_connection_closed,

@@ -2,6 +2,10 @@
 
 from dataclasses import dataclass
 
+#: AMQP connection name of a worker is this prefix plus its name (the domain name in a VM),
+#: so the scaler can tell from the broker which VMs are consuming.
+WORKER_CONNECTION_PREFIX = "virtscale-worker:"
+
 
 @dataclass(frozen=True)
 class QueueNames:

@@ -19,7 +19,7 @@ import pika
 from virtscale import defaults
 from virtscale.broker import Session, keep_running
 from virtscale.messages import InvalidMessage, Job, Result, parse_job
-from virtscale.naming import QueueNames
+from virtscale.naming import WORKER_CONNECTION_PREFIX, QueueNames
 from worker.hashing import hash_license
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class Worker:
             self._start_consuming,
             queues=(self.names.jobs, self.names.results, self.names.dead),
             prefetch=self.prefetch,
+            connection_name=f"{WORKER_CONNECTION_PREFIX}{self.name}",
         )
         self._session.run()
 

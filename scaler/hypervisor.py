@@ -1,0 +1,205 @@
+"""Everything that talks to libvirt: the pool's domains, their state and CPU time, and the
+three things the scaler ever does to one (start, ACPI shutdown, destroy).
+
+Only domains whose names match the pool glob are ever looked at or touched.
+Nothing outside this module imports libvirt.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import libvirt
+
+from virtscale import defaults
+
+log = logging.getLogger(__name__)
+
+# libvirt prints every error to stderr by default; ours are handled and logged here.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",  # blocked on I/O: up, just idle
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting-down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+
+BULK_STATS = (
+    libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_VCPU
+)
+
+#: libvirt error codes that mean the connection to libvirtd is gone (reconnect), not a bad request.
+CONNECTION_ERRORS = frozenset(
+    {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT,
+     libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_INTERNAL_ERROR}
+)
+
+
+class HypervisorUnavailable(Exception):
+    """libvirtd cannot be reached now; the scaler keeps ticking and retries with backoff."""
+
+
+class HypervisorRefused(Exception):
+    """The --connect URI cannot be opened at all (bad URI, no such driver): fix the flag."""
+
+
+class ActionFailed(Exception):
+    """libvirt refused to start or stop a domain; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class DomainSample:
+    """What one tick saw of one pool domain."""
+
+    name: str
+    uri: str
+    state: str
+    #: Changes every time the domain starts: a CPU counter from before it is not comparable.
+    run_id: int
+    #: Total CPU time of all vCPUs, nanoseconds; None where libvirt did not report it.
+    cpu_time_ns: int | None
+    vcpus: int
+    #: Monotonic seconds when it was sampled.
+    sampled_at: float
+
+
+class Hypervisor:
+    """One libvirt connection, reopened with capped backoff when libvirtd goes away."""
+
+    def __init__(self, uri: str, pool: str, clock: Callable[[], float] = time.monotonic):
+        self.uri = uri
+        self.pool = pool
+        self.clock = clock
+        self._connection: libvirt.virConnect | None = None
+        self._failures = 0
+        self._next_attempt = 0.0
+
+    @classmethod
+    def check_uri(cls, uri: str) -> None:
+        """Open and close ``uri`` once; HypervisorRefused if libvirt cannot open it at all."""
+        try:
+            libvirt.open(uri).close()
+        except libvirt.libvirtError as exc:
+            raise HypervisorRefused(f"--connect {uri!r}: {exc.get_error_message()}") from None
+
+    def in_pool(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pool)
+
+    def _connect(self) -> libvirt.virConnect:
+        connection = self._connection
+        if connection is not None:
+            try:
+                if connection.isAlive():
+                    return connection
+            except libvirt.libvirtError:
+                pass
+            self._drop("connection to libvirtd lost")
+        now = self.clock()
+        if now < self._next_attempt:
+            raise HypervisorUnavailable(
+                f"{self.uri}: libvirtd unreachable; next attempt in {self._next_attempt - now:.1f} s"
+            )
+        try:
+            self._connection = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            self._failures += 1
+            delay = min(defaults.RECONNECT_MAX, defaults.RECONNECT_INITIAL * 2 ** (self._failures - 1))
+            self._next_attempt = now + delay
+            raise HypervisorUnavailable(f"{self.uri}: {exc.get_error_message()}") from None
+        if self._failures:
+            log.info("%s: reconnected to libvirtd", self.uri)
+        self._failures = 0
+        return self._connection
+
+    def _drop(self, why: str) -> None:
+        log.warning("%s: %s", self.uri, why)
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except libvirt.libvirtError:
+                pass
+
+    def _call(self, what: str, action: Callable[[libvirt.virConnect], object]):
+        connection = self._connect()
+        try:
+            return action(connection)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in CONNECTION_ERRORS and not connection.isAlive():
+                self._drop(f"{what}: {exc.get_error_message()}")
+                raise HypervisorUnavailable(f"{self.uri}: {exc.get_error_message()}") from None
+            raise
+
+    def sample(self) -> list[DomainSample]:
+        """The pool's domains: one bulk stats call; per-domain info only where the driver's
+        bulk call reports no CPU figures (libvirt's test driver)."""
+
+        def collect(connection: libvirt.virConnect) -> list[DomainSample]:
+            now = self.clock()
+            samples = []
+            for domain, stats in connection.getAllDomainStats(BULK_STATS, 0):
+                name = domain.name()
+                if not self.in_pool(name):
+                    continue
+                state = STATE_NAMES.get(stats.get("state.state"), "nostate")
+                cpu_time = stats.get("cpu.time")
+                vcpus = stats.get("vcpu.current")
+                if state != "shutoff" and (cpu_time is None or vcpus is None):
+                    cpu_time, vcpus = self._cpu_fallback(domain, cpu_time, vcpus)
+                samples.append(
+                    DomainSample(
+                        name=name,
+                        uri=self.uri,
+                        state=state,
+                        run_id=domain.ID(),
+                        cpu_time_ns=cpu_time if state != "shutoff" else None,
+                        vcpus=int(vcpus or 1),
+                        sampled_at=now,
+                    )
+                )
+            return samples
+
+        return self._call("sampling", collect)
+
+    @staticmethod
+    def _cpu_fallback(domain, cpu_time, vcpus) -> tuple[int | None, int | None]:
+        try:
+            _state, _max_memory, _memory, info_vcpus, info_cpu_time = domain.info()
+        except libvirt.libvirtError:
+            return cpu_time, vcpus  # vanished between the two calls: reported without CPU
+        return cpu_time if cpu_time is not None else info_cpu_time, vcpus or info_vcpus
+
+    # -- actions -----------------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        self._act(name, "start", lambda domain: domain.create())
+
+    def shutdown(self, name: str) -> None:
+        """ACPI power button: the guest's init stops the worker, which drains and acks."""
+        self._act(name, "shutdown", lambda domain: domain.shutdown())
+
+    def destroy(self, name: str) -> None:
+        """Pull the plug; unacked jobs go back to the queue, the broker redelivers them."""
+        self._act(name, "destroy", lambda domain: domain.destroy())
+
+    def _act(self, name: str, what: str, action: Callable[[libvirt.virDomain], object]) -> None:
+        if not self.in_pool(name):
+            raise ActionFailed(f"refusing to {what} {name}: not in pool {self.pool!r}")
+
+        def run(connection: libvirt.virConnect) -> None:
+            action(connection.lookupByName(name))
+
+        try:
+            self._call(what, run)
+        except libvirt.libvirtError as exc:
+            raise ActionFailed(f"{what} {name} on {self.uri}: {exc.get_error_message()}") from None
+        log.info("%s: %s %s", self.uri, what, name)

@@ -1,0 +1,320 @@
+"""The scaling policy: pure code. Observations and a clock in, a decision out; no I/O.
+
+The live scaler and the simulator drive the very same classes. A policy object keeps
+the little state a decision needs across ticks (VMs booting or draining, the last
+scale-up, the recent recommendations), all of it timed by ``Observation.now``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+from dataclasses import dataclass, field
+
+#: Actions the scaler takes on a domain.
+START, SHUTDOWN, DESTROY = "start", "shutdown", "destroy"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Every knob of a policy; each has a command-line flag of the same name."""
+
+    #: Fewest VMs to keep (0 allows scaling to zero after `idle_to_zero`).
+    min_vms: int = 1
+    #: Most VMs to run.
+    max_vms: int = 4
+    #: Waiting jobs one VM is expected to absorb: depth / this = VMs wanted by the backlog signal.
+    target_backlog: float = 50.0
+    #: Mean CPU% of the ready VMs above which one more VM is wanted.
+    cpu_high: float = 80.0
+    #: Mean CPU% below which one VM fewer is wanted.
+    cpu_low: float = 40.0
+    #: Utilisation the throughput signal plans for (arrival / (per-VM rate x this)).
+    target_utilisation: float = 0.85
+    #: Seconds after a scale-up before the next one (booting VMs already count as capacity).
+    scale_up_cooldown: float = 10.0
+    #: Seconds a lower recommendation must persist before VMs are removed.
+    scale_down_stabilization: float = 120.0
+    #: Seconds a started VM has to begin consuming before it is declared failed.
+    boot_timeout: float = 120.0
+    #: Seconds a VM has to drain after the ACPI shutdown before it is destroyed.
+    drain_timeout: float = 60.0
+    #: With min_vms 0: seconds of an empty, quiet queue before the last VM goes.
+    idle_to_zero: float = 300.0
+    #: VMs started in one tick at most: the larger of this many and `max_start_percent` of current.
+    max_start_per_tick: int = 4
+    max_start_percent: float = 100.0
+    #: Seconds a domain that failed to boot is left alone before it may be tried again.
+    failed_retry_after: float = 600.0
+
+    def problems(self) -> list[str]:
+        """What is impossible in this configuration, as messages that say what to fix."""
+        found = []
+        if self.min_vms > self.max_vms:
+            found.append(f"--min {self.min_vms} is more than --max {self.max_vms}")
+        if self.cpu_low >= self.cpu_high:
+            found.append(f"--cpu-low {self.cpu_low:g} must be below --cpu-high {self.cpu_high:g}")
+        if not 0 < self.target_utilisation <= 1:
+            found.append("--target-utilisation must be in (0, 1]")
+        return found
+
+
+@dataclass(frozen=True)
+class VmView:
+    """One pool domain as this tick saw it."""
+
+    name: str
+    #: libvirt state: running, shutoff, shutting-down, paused, crashed, ...
+    state: str
+    #: Mean CPU% over the window, None while unknown.
+    cpu: float | None = None
+    #: Its worker has a consumer on the job queue.
+    consuming: bool = False
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float
+    #: Ready + unacked jobs; None when the queue could not be read.
+    depth: int | None
+    #: Jobs published per second (None when unknown).
+    arrival_rate: float | None
+    #: Jobs acked per second (None when unknown).
+    ack_rate: float | None
+    vms: tuple[VmView, ...]
+    #: Whether `VmView.consuming` is known (the broker's consumer list could be read).
+    consumers_known: bool = True
+    #: Some signal was missing this tick: never scale down on it.
+    degraded: bool = False
+
+
+@dataclass(frozen=True)
+class Action:
+    domain: str
+    action: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    actions: tuple[Action, ...]
+    reason: str
+    signals: dict = field(default_factory=dict)
+
+
+def natural_key(name: str) -> tuple:
+    """vm-2 before vm-10."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+class Policy:
+    """The default policy: the largest of the backlog, throughput and CPU recommendations;
+    fast up (booting VMs count as capacity), slow down (stabilization window)."""
+
+    name = "default"
+
+    def __init__(self, config: PolicyConfig):
+        self.config = config
+        self.booting: dict[str, float] = {}
+        self.draining: dict[str, float] = {}
+        self.failed: dict[str, float] = {}
+        self.last_scale_up = -math.inf
+        self.per_vm_rate: float | None = None
+        self.idle_since: float | None = None
+        self._history: collections.deque[tuple[float, int]] = collections.deque()
+
+    # -- the outline -------------------------------------------------------------------
+
+    def decide(self, obs: Observation) -> Decision:
+        actions: list[Action] = []
+        notes: list[str] = []
+        vms = {vm.name: vm for vm in obs.vms}
+        self._reconcile(obs, vms, actions, notes)
+        ready = [vm for vm in obs.vms if self._is_ready(vm)]
+        booting = [name for name in self.booting if name in vms]
+        current = len(ready) + len(booting)
+        self._learn(obs, ready)
+        recommendations = self.recommend(obs, ready, current)
+        wanted = max((value for value in recommendations.values() if value is not None), default=current)
+        floor = self._floor(obs, current)
+        desired = min(max(wanted, floor), self.config.max_vms)
+        stabilized = self._stabilize(obs.now, desired)
+        signals = {
+            "ready": len(ready),
+            "booting": len(booting),
+            "recommendations": recommendations,
+            "per_vm_rate": None if self.per_vm_rate is None else round(self.per_vm_rate, 3),
+        }
+        summary = self._summary(obs, ready, booting, recommendations)
+        if desired > current:
+            target = desired
+            actions += self._scale_up(obs, vms, current, desired, notes)
+        elif stabilized < current:
+            target = stabilized
+            if obs.degraded or obs.depth is None:
+                target = current
+                notes.append("signals missing: no scale-down")
+            else:
+                actions += self._scale_down(obs, ready, booting, notes)
+        else:
+            target = current
+            if desired < current:
+                notes.append(
+                    f"holding {current}: want {desired} for less than "
+                    f"{self.config.scale_down_stabilization:g}s"
+                )
+        reason = f"{summary}; want {desired} -> {target}"
+        if notes:
+            reason += "; " + "; ".join(notes)
+        return Decision(target, tuple(actions), reason, signals)
+
+    # -- recommendations (overridden by other policies) --------------------------------
+
+    def recommend(self, obs: Observation, ready: list[VmView], current: int) -> dict[str, int | None]:
+        """VMs each signal asks for; None where a signal has nothing to say."""
+        backlog = None if obs.depth is None else math.ceil(obs.depth / self.config.target_backlog)
+        throughput = None
+        if obs.arrival_rate is not None and self.per_vm_rate:
+            throughput = math.ceil(
+                obs.arrival_rate / (self.per_vm_rate * self.config.target_utilisation) - 1e-9
+            )
+        return {"backlog": backlog, "throughput": throughput, "cpu": self._cpu_rule(ready, current)}
+
+    def _cpu_rule(self, ready: list[VmView], current: int) -> int | None:
+        loads = [vm.cpu for vm in ready if vm.cpu is not None]
+        if not loads:
+            return None
+        mean = sum(loads) / len(loads)
+        if mean > self.config.cpu_high:
+            return current + 1
+        if mean < self.config.cpu_low:
+            return max(current - 1, 0)
+        return current
+
+    # -- state -------------------------------------------------------------------------
+
+    def _is_ready(self, vm: VmView) -> bool:
+        return vm.state == "running" and vm.consuming and vm.name not in self.draining
+
+    def _reconcile(self, obs: Observation, vms: dict[str, VmView], actions: list[Action],
+                   notes: list[str]) -> None:
+        """Bring the bookkeeping in line with what libvirt and the broker report."""
+        now = obs.now
+        for name in list(self.draining):
+            vm = vms.get(name)
+            if vm is None or vm.state == "shutoff":
+                del self.draining[name]
+            elif now - self.draining[name] >= self.config.drain_timeout:
+                actions.append(Action(name, DESTROY))
+                notes.append(f"{name} still up {self.config.drain_timeout:g}s after shutdown: destroy")
+                del self.draining[name]
+        for vm in obs.vms:
+            if vm.name in self.draining:
+                continue
+            if vm.state == "crashed":
+                actions.append(Action(vm.name, DESTROY))
+                notes.append(f"{vm.name} crashed: destroy")
+                self.booting.pop(vm.name, None)
+                self.failed[vm.name] = now
+            elif vm.state == "running" and obs.consumers_known:
+                if vm.consuming:
+                    self.booting.pop(vm.name, None)
+                elif vm.name not in self.booting:
+                    # Running without a consumer: started by hand, or its worker died. It gets
+                    # the same grace as a VM we started, then it is declared failed.
+                    self.booting[vm.name] = now
+        for name in list(self.booting):
+            vm = vms.get(name)
+            if vm is None or vm.state in ("shutoff", "crashed"):
+                del self.booting[name]
+                if vm is None or vm.state == "shutoff":
+                    notes.append(f"{name} stopped before it consumed")
+                    self.failed[name] = now
+            elif obs.consumers_known and now - self.booting[name] >= self.config.boot_timeout:
+                del self.booting[name]
+                self.failed[name] = now
+                actions.append(Action(name, DESTROY))
+                notes.append(f"{name} not consuming {self.config.boot_timeout:g}s after start: failed")
+        for name in list(self.failed):
+            if now - self.failed[name] >= self.config.failed_retry_after:
+                del self.failed[name]
+
+    def _learn(self, obs: Observation, ready: list[VmView]) -> None:
+        """Per-VM throughput, learned only while the VMs are saturated (a queue is waiting),
+        because otherwise the ack rate measures the arrivals, not what a VM can do."""
+        if obs.ack_rate is None or not ready or obs.depth is None or obs.depth <= 2 * len(ready):
+            return
+        if obs.ack_rate <= 0:
+            return
+        sample = obs.ack_rate / len(ready)
+        self.per_vm_rate = sample if self.per_vm_rate is None else 0.7 * self.per_vm_rate + 0.3 * sample
+
+    def _floor(self, obs: Observation, current: int) -> int:
+        """min_vms; with min_vms 0, one VM until the queue has been empty and quiet long enough."""
+        if self.config.min_vms > 0:
+            return self.config.min_vms
+        quiet = obs.depth == 0 and not obs.arrival_rate
+        if not quiet:
+            self.idle_since = None
+            return 1
+        if self.idle_since is None:
+            self.idle_since = obs.now
+        if current == 0 or obs.now - self.idle_since >= self.config.idle_to_zero:
+            return 0
+        return 1
+
+    def _stabilize(self, now: float, desired: int) -> int:
+        """The highest recommendation of the stabilization window: a dip must last to count."""
+        self._history.append((now, desired))
+        while self._history and now - self._history[0][0] > self.config.scale_down_stabilization:
+            self._history.popleft()
+        return max(value for _when, value in self._history)
+
+    # -- acting ------------------------------------------------------------------------
+
+    def _scale_up(self, obs: Observation, vms: dict[str, VmView], current: int, desired: int,
+                  notes: list[str]) -> list[Action]:
+        since = obs.now - self.last_scale_up
+        if since < self.config.scale_up_cooldown:
+            notes.append(f"scale-up cooldown ({since:.0f}/{self.config.scale_up_cooldown:g}s)")
+            return []
+        limit = max(self.config.max_start_per_tick,
+                    math.floor(current * self.config.max_start_percent / 100))
+        count = min(desired - current, limit)
+        candidates = sorted(
+            (vm.name for vm in vms.values()
+             if vm.state == "shutoff" and vm.name not in self.failed and vm.name not in self.draining),
+            key=natural_key,
+        )
+        chosen = candidates[:count]
+        if len(chosen) < count:
+            notes.append(f"only {len(chosen)} shut-off domain(s) available")
+        for name in chosen:
+            self.booting[name] = obs.now
+        if chosen:
+            self.last_scale_up = obs.now
+            notes.append("start " + ", ".join(chosen))
+        return [Action(name, START) for name in chosen]
+
+    def _scale_down(self, obs: Observation, ready: list[VmView], booting: list[str],
+                    notes: list[str]) -> list[Action]:
+        """One VM per tick: a booting one first (it holds no work), then the idlest ready one."""
+        if booting:
+            victim = max(booting, key=natural_key)
+            del self.booting[victim]
+        else:
+            # Highest-numbered first among equals, so the pool shrinks from its end.
+            by_name = sorted(ready, key=lambda vm: natural_key(vm.name), reverse=True)
+            victim = min(by_name, key=lambda vm: 100.0 if vm.cpu is None else vm.cpu).name
+        self.draining[victim] = obs.now
+        notes.append(f"shutdown {victim}")
+        return [Action(victim, SHUTDOWN)]
+
+    def _summary(self, obs: Observation, ready: list[VmView], booting: list[str],
+                 recommendations: dict[str, int | None]) -> str:
+        depth = "?" if obs.depth is None else str(obs.depth)
+        arrival = "?" if obs.arrival_rate is None else f"{obs.arrival_rate:.1f}/s"
+        signals = ", ".join(f"{key} {'-' if value is None else value}"
+                            for key, value in recommendations.items())
+        return f"depth {depth}, arrivals {arrival}, {len(ready)} ready + {len(booting)} booting ({signals})"

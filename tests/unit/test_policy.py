@@ -1,0 +1,188 @@
+"""The default policy, table-driven with a fake clock (Observation.now)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, PolicyConfig, VmView
+
+CONFIG = PolicyConfig(min_vms=1, max_vms=4, target_backlog=50, scale_up_cooldown=10,
+                      scale_down_stabilization=60, boot_timeout=30, drain_timeout=20, idle_to_zero=100)
+
+
+def pool(ready=(), booting=(), off=(), cpu=50.0, **states):
+    """VmViews: ready = running and consuming, booting = running not consuming, off = shut off."""
+    vms = [VmView(name, "running", cpu, True) for name in ready]
+    vms += [VmView(name, "running", None, False) for name in booting]
+    vms += [VmView(name, "shutoff") for name in off]
+    vms += [VmView(name, state) for name, state in states.items()]
+    return tuple(vms)
+
+
+def observe(now, vms, depth=0, arrival=0.0, ack=0.0, **extra):
+    return Observation(now=now, depth=depth, arrival_rate=arrival, ack_rate=ack, vms=vms, **extra)
+
+
+def actions(decision):
+    return [(a.domain, a.action) for a in decision.actions]
+
+
+def test_backlog_starts_vms_up_to_max_in_one_tick():
+    policy = Policy(CONFIG)
+    decision = policy.decide(observe(0, pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"]), depth=500))
+    assert actions(decision) == [("vm-2", START), ("vm-3", START), ("vm-4", START)]
+    assert decision.desired == 4
+    assert "\n" not in decision.reason and "backlog 10" in decision.reason
+
+
+def test_booting_vms_count_as_capacity():
+    policy = Policy(CONFIG)
+    policy.decide(observe(0, pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"]), depth=150))
+    later = policy.decide(observe(15, pool(ready=["vm-1"], booting=["vm-2", "vm-3"], off=["vm-4"]), depth=150))
+    assert actions(later) == []
+
+
+def test_start_is_capped_at_four_or_double():
+    config = PolicyConfig(max_vms=20, target_backlog=1, scale_up_cooldown=0)
+    names = [f"vm-{i}" for i in range(1, 21)]
+    policy = Policy(config)
+    first = policy.decide(observe(0, pool(ready=names[:1], off=names[1:]), depth=1000))
+    assert len(first.actions) == 4
+    second = Policy(config).decide(observe(0, pool(ready=names[:6], off=names[6:]), depth=1000))
+    assert len(second.actions) == 6
+
+
+def test_a_vm_that_never_consumes_is_failed_and_another_tried():
+    policy = Policy(CONFIG)
+    policy.decide(observe(0, pool(ready=["vm-1"], off=["vm-2", "vm-3"]), depth=80))
+    waiting = policy.decide(observe(29, pool(ready=["vm-1"], booting=["vm-2"], off=["vm-3"]), depth=80))
+    assert actions(waiting) == []
+    timed_out = policy.decide(observe(30, pool(ready=["vm-1"], booting=["vm-2"], off=["vm-3"]), depth=80))
+    assert ("vm-2", DESTROY) in actions(timed_out)
+    assert ("vm-3", START) in actions(timed_out)
+    assert "vm-2 not consuming" in timed_out.reason
+
+
+def test_scale_down_waits_for_stabilization_then_removes_the_idlest_one_per_tick():
+    policy = Policy(CONFIG)
+    busy = (VmView("vm-1", "running", 90.0, True), VmView("vm-2", "running", 5.0, True),
+            VmView("vm-3", "running", 5.0, True))
+    policy.decide(observe(0, busy, depth=140))
+    for now in range(10, 60, 10):
+        assert actions(policy.decide(observe(now, busy, depth=0))) == [], now
+    down = policy.decide(observe(61, busy, depth=0))
+    assert actions(down) == [("vm-3", SHUTDOWN)], "idlest, highest-numbered first"
+    idle = (VmView("vm-1", "running", 10.0, True), VmView("vm-2", "running", 5.0, True),
+            VmView("vm-3", "shutting-down"))
+    assert actions(policy.decide(observe(62, idle, depth=0))) == [], "each step down waits its window"
+    assert actions(policy.decide(observe(122, idle, depth=0))) == [("vm-2", SHUTDOWN)]
+
+
+@pytest.mark.parametrize("missing", [dict(depth=None), dict(degraded=True)])
+def test_missing_metrics_never_scale_down(missing):
+    policy = Policy(CONFIG)
+    vms = pool(ready=["vm-1", "vm-2", "vm-3"], cpu=1.0)
+    fields = {"depth": 0, **missing}
+    for now in range(0, 600, 10):
+        decision = policy.decide(observe(now, vms, **fields))
+        assert actions(decision) == []
+    assert "no scale-down" in decision.reason
+
+
+def test_flapping_load_does_not_start_and_stop_every_tick():
+    policy = Policy(CONFIG)
+    names = ["vm-1", "vm-2", "vm-3", "vm-4"]
+    running = {"vm-1"}
+    log = []
+    for tick in range(120):
+        depth = 60 if tick % 2 else 40  # around the 50-per-VM threshold
+        vms = pool(ready=sorted(running), off=[n for n in names if n not in running], cpu=50.0)
+        decision = policy.decide(observe(tick * 5, vms, depth=depth))
+        for action in decision.actions:
+            log.append((tick, action.domain, action.action))
+            if action.action == START:
+                running.add(action.domain)
+            else:
+                running.discard(action.domain)
+    assert log == [(1, "vm-2", START)], "one scale-up, then steady"
+
+
+def test_min_and_max_are_respected():
+    policy = Policy(PolicyConfig(min_vms=2, max_vms=3, target_backlog=10, scale_up_cooldown=0))
+    up = policy.decide(observe(0, pool(off=["vm-1", "vm-2", "vm-3", "vm-4"]), depth=0))
+    assert [a.domain for a in up.actions] == ["vm-1", "vm-2"]
+    capped = Policy(PolicyConfig(max_vms=3, target_backlog=10)).decide(
+        observe(0, pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"]), depth=10_000))
+    assert len(capped.actions) == 2
+
+
+def test_scale_to_zero_after_idle_and_back_up_on_work():
+    policy = Policy(PolicyConfig(min_vms=0, max_vms=2, scale_down_stabilization=10, idle_to_zero=100))
+    vms = pool(ready=["vm-1"], off=["vm-2"], cpu=0.0)
+    assert actions(policy.decide(observe(0, vms))) == []
+    assert actions(policy.decide(observe(50, vms))) == []
+    assert actions(policy.decide(observe(101, vms))) == [("vm-1", SHUTDOWN)]
+    empty = pool(off=["vm-1", "vm-2"])
+    assert actions(policy.decide(observe(130, empty))) == []
+    assert actions(policy.decide(observe(140, empty, depth=3))) == [("vm-1", START)]
+
+
+def test_min_zero_does_not_boot_a_vm_for_an_idle_queue():
+    policy = Policy(PolicyConfig(min_vms=0))
+    assert actions(policy.decide(observe(0, pool(off=["vm-1"])))) == []
+
+
+def test_crashed_domain_is_destroyed_and_draining_one_destroyed_after_timeout():
+    policy = Policy(CONFIG)
+    crashed = policy.decide(observe(0, pool(ready=["vm-1"], **{"vm-2": "crashed"})))
+    assert ("vm-2", DESTROY) in actions(crashed)
+    policy.draining["vm-3"] = 0.0
+    early = policy.decide(observe(19, pool(ready=["vm-1", "vm-3"])))
+    assert ("vm-3", DESTROY) not in actions(early)
+    late = policy.decide(observe(20, pool(ready=["vm-1", "vm-3"])))
+    assert ("vm-3", DESTROY) in actions(late)
+
+
+def test_cpu_rule_adds_a_vm_when_hot():
+    policy = Policy(CONFIG)
+    decision = policy.decide(observe(0, pool(ready=["vm-1"], off=["vm-2"], cpu=95.0), depth=10))
+    assert actions(decision) == [("vm-2", START)]
+    assert "cpu 2" in decision.reason
+
+
+def test_throughput_signal_uses_the_learned_per_vm_rate():
+    policy = Policy(CONFIG)
+    vms = pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"], cpu=60.0)
+    policy.decide(observe(0, vms, depth=20, arrival=8.0, ack=10.0))  # saturated: learns 10/s
+    assert policy.per_vm_rate == pytest.approx(10.0)
+    decision = policy.decide(observe(11, vms, depth=20, arrival=25.0, ack=10.0))
+    assert decision.signals["recommendations"]["throughput"] == 3  # 25 / (10 x 0.85)
+    assert [a.domain for a in decision.actions] == ["vm-2", "vm-3"]
+
+
+def test_scale_up_cooldown():
+    policy = Policy(CONFIG)
+    policy.decide(observe(0, pool(ready=["vm-1"], off=["vm-2", "vm-3"]), depth=60))
+    soon = policy.decide(observe(5, pool(ready=["vm-1", "vm-2"], off=["vm-3"]), depth=200))
+    assert actions(soon) == [] and "cooldown" in soon.reason
+    later = policy.decide(observe(10, pool(ready=["vm-1", "vm-2"], off=["vm-3"]), depth=200))
+    assert actions(later) == [("vm-3", START)]
+
+
+def test_failed_domain_is_not_retried_at_once():
+    policy = Policy(CONFIG)
+    policy.failed["vm-2"] = 0.0
+    decision = policy.decide(observe(1, pool(ready=["vm-1"], off=["vm-2", "vm-3"]), depth=80))
+    assert actions(decision) == [("vm-3", START)]
+
+
+def test_unknown_consumers_do_not_fail_booting_vms():
+    policy = Policy(CONFIG)
+    policy.booting["vm-2"] = 0.0
+    decision = policy.decide(observe(100, pool(ready=["vm-1"], booting=["vm-2"]), depth=0,
+                                     consumers_known=False, degraded=True))
+    assert ("vm-2", DESTROY) not in actions(decision)
+
+
+def test_impossible_configuration_is_reported():
+    assert PolicyConfig(min_vms=5, max_vms=2).problems() == ["--min 5 is more than --max 2"]
