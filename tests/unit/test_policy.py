@@ -75,7 +75,8 @@ def test_scale_down_waits_for_stabilization_then_removes_the_idlest_one_per_tick
     idle = (VmView("vm-1", "running", 10.0, True), VmView("vm-2", "running", 5.0, True),
             VmView("vm-3", "shutting-down"))
     assert actions(policy.decide(observe(62, idle, depth=0))) == [], "each step down waits its window"
-    assert actions(policy.decide(observe(122, idle, depth=0))) == [("vm-2", SHUTDOWN)]
+    later = actions(policy.decide(observe(122, idle, depth=0)))
+    assert later == [("vm-3", DESTROY), ("vm-2", SHUTDOWN)], "vm-3 overstayed its drain timeout"
 
 
 @pytest.mark.parametrize("missing", [dict(depth=None), dict(degraded=True)])
