@@ -44,9 +44,7 @@ def pipeline_rate(cost: int, jobs: int, slots: int, extra: list[str]) -> float:
         generate = LicenseGenerator(2)
         for _ in range(jobs):
             body = json.dumps({"id": str(uuid.uuid4()), "license": generate(), "produced_at": 0})
-            channel.basic_publish(
-                "", names.jobs, body.encode(), pika.BasicProperties(delivery_mode=2)
-            )
+            channel.basic_publish("", names.jobs, body.encode(), pika.BasicProperties(delivery_mode=2))
         worker = subprocess.Popen(
             [
                 sys.executable,
@@ -85,9 +83,7 @@ def pipeline_rate(cost: int, jobs: int, slots: int, extra: list[str]) -> float:
 def worker_efficiency() -> None:
     slots = default_concurrency()
     print(f"\nWorker efficiency ({slots} slots): pipeline hashes/s / raw bcrypt.hashpw hashes/s")
-    print(
-        f"{'cost':>4} {'prefetch/slot':>13} {'raw/s':>9} {'pipeline/s':>11} {'ratio':>6} {'target':>6}"
-    )
+    print(f"{'cost':>4} {'prefetch/slot':>13} {'raw/s':>9} {'pipeline/s':>11} {'ratio':>6} {'target':>6}")
     for cost, jobs, target in ((4, 4000, 0.90), (10, 400, 0.97), (12, 100, None)):
         raw = raw_bcrypt_rate(cost, jobs, slots)
         for per_slot in (1, 2):
@@ -118,9 +114,7 @@ def bare_publish_rate(names: QueueNames, count: int) -> float:
 
 
 def confirmed_publish_rate(names: QueueNames, count: int) -> float:
-    producer = Producer(
-        URL, names, LicenseGenerator(4), rate=None, count=count, progress_interval=1e9
-    )
+    producer = Producer(URL, names, LicenseGenerator(4), rate=None, count=count, progress_interval=1e9)
     started = time.perf_counter()
     report = producer.run()
     elapsed = time.perf_counter() - started
@@ -134,9 +128,7 @@ def one_by_one_confirm_rate(names: QueueNames, count: int) -> float:
     channel.confirm_delivery()
     started = time.perf_counter()
     for index in range(count):
-        channel.basic_publish(
-            "", names.jobs, b'{"n": %d}' % index, pika.BasicProperties(delivery_mode=2)
-        )
+        channel.basic_publish("", names.jobs, b'{"n": %d}' % index, pika.BasicProperties(delivery_mode=2))
     elapsed = time.perf_counter() - started
     connection.close()
     return count / elapsed
@@ -170,7 +162,5 @@ def producer_efficiency(count: int = 20000, rounds: int = 3) -> None:
         f"{'virtscale-producer, pipelined confirms':<44} {best_confirmed:>9.0f} "
         f"{best_confirmed / best_bare:>6.2f}"
     )
-    print(
-        f"{'one publish, wait for its confirm, repeat':<44} {single:>9.0f} {single / best_bare:>6.2f}"
-    )
+    print(f"{'one publish, wait for its confirm, repeat':<44} {single:>9.0f} {single / best_bare:>6.2f}")
     print("target: virtscale-producer >= 0.75")

@@ -65,9 +65,7 @@ def add_profile_options(parser: OneLineParser) -> None:
         default=ProfileSpec.period,
         help="profile: sine period / mean seconds between bursts (default: %(default)s)",
     )
-    parser.add_argument(
-        "--trace", metavar="FILE.csv", help="replay a load trace, CSV with header time,rate"
-    )
+    parser.add_argument("--trace", metavar="FILE.csv", help="replay a load trace, CSV with header time,rate")
 
 
 def profile_spec(args, length: float) -> ProfileSpec:
@@ -141,9 +139,7 @@ def pacing_from(parser: OneLineParser, args):
         return rate, args.run_for or length
     if args.profile:
         length = args.run_for or (
-            args.start + args.duration + args.start
-            if args.profile in ("step", "spike", "ramp")
-            else None
+            args.start + args.duration + args.start if args.profile in ("step", "spike", "ramp") else None
         )
         return profile_rate(profile_spec(args, length or 3600.0)), length
     if args.rate is not None:

@@ -41,9 +41,7 @@ class Collector:
 
     def run(self) -> None:
         keep_running(self._run_session, self.stop_requested, "collector")
-        log.info(
-            "collector stopped: %d stored, %d duplicates ignored", self.stored, self.duplicates
-        )
+        log.info("collector stopped: %d stored, %d duplicates ignored", self.stored, self.duplicates)
 
     def request_stop(self) -> None:
         """Store and ack what has arrived, then exit (signal-safe)."""
@@ -75,9 +73,7 @@ class Collector:
             result = parse_result(body)
         except InvalidMessage as exc:
             reason = str(exc)
-            log.warning(
-                "dead-lettering result %s: %s", properties.message_id or f"#{delivery_tag}", reason
-            )
+            log.warning("dead-lettering result %s: %s", properties.message_id or f"#{delivery_tag}", reason)
 
             def confirmed(ok: bool) -> None:
                 if session is self._session and session.usable:

@@ -31,9 +31,7 @@ def build_parser() -> OneLineParser:
         help="run (default): consume and store; stats: print store figures as JSON",
     )
     add_common_options(parser)
-    parser.add_argument(
-        "--store", default=defaults.STORE_URL, help="SQLite URL (default: %(default)s)"
-    )
+    parser.add_argument("--store", default=defaults.STORE_URL, help="SQLite URL (default: %(default)s)")
     parser.add_argument(
         "--batch",
         type=positive_int,
@@ -67,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             stats["dead_lettered"] = None  # broker unreachable: unknown, not zero
         print(json.dumps(stats, indent=2))
         return 0
-    collector = Collector(
-        url, names, store, batch_size=args.batch, flush_interval=args.flush_interval
-    )
+    collector = Collector(url, names, store, batch_size=args.batch, flush_interval=args.flush_interval)
     signal.signal(signal.SIGTERM, lambda *_: collector.request_stop())
     signal.signal(signal.SIGINT, lambda *_: collector.request_stop())
     try:

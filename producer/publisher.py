@@ -191,12 +191,7 @@ class Producer:
             log.warning("job %s not confirmed; will publish it again", job.id)
             self._to_publish.append(job)
         session = self._session
-        if (
-            self.rate is None
-            and not self._fill_scheduled
-            and session is not None
-            and session.usable
-        ):
+        if self.rate is None and not self._fill_scheduled and session is not None and session.usable:
             # Unpaced: top the window up as confirms come in, once per burst of confirms.
             self._fill_scheduled = True
             session.call_later(0, self._fill)

@@ -38,12 +38,7 @@ class StoreError(ValueError):
 def sqlite_path(url: str) -> str:
     """The file of a ``sqlite:///relative/path`` or ``sqlite:////absolute/path`` URL."""
     parts = urllib.parse.urlsplit(url)
-    if (
-        parts.scheme != "sqlite"
-        or parts.netloc
-        or not parts.path.startswith("/")
-        or parts.path == "/"
-    ):
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/") or parts.path == "/":
         raise StoreError(
             f"--store must look like sqlite:///var/virtscale/hashes.db (relative) "
             f"or sqlite:////abs/path.db, got {url!r}"
@@ -71,10 +66,7 @@ class Store:
 
     def insert(self, results: Iterable[Result], stored_at: float) -> tuple[int, int]:
         """Insert a batch in one transaction; (stored, duplicates ignored)."""
-        rows = [
-            (r.id, r.hash, r.worker, r.produced_at, r.hashed_at, r.hash_ms, stored_at)
-            for r in results
-        ]
+        rows = [(r.id, r.hash, r.worker, r.produced_at, r.hashed_at, r.hash_ms, stored_at) for r in results]
         with self._db:
             before = self._db.total_changes
             self._db.executemany(
@@ -104,16 +96,12 @@ class Store:
             [row[0] for row in self._db.execute("SELECT hashed_at - produced_at FROM hashes")],
             dtype=float,
         )
-        duplicates = self._db.execute(
-            "SELECT value FROM counters WHERE name = 'duplicates'"
-        ).fetchone()
+        duplicates = self._db.execute("SELECT value FROM counters WHERE name = 'duplicates'").fetchone()
         per_worker = dict(
             self._db.execute("SELECT worker, COUNT(*) FROM hashes GROUP BY worker ORDER BY worker")
         )
         percentiles = (
-            np.percentile(latencies, [50, 95, 99]).round(3).tolist()
-            if latencies.size
-            else [None] * 3
+            np.percentile(latencies, [50, 95, 99]).round(3).tolist() if latencies.size else [None] * 3
         )
         return {
             "stored": int(latencies.size),

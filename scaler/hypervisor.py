@@ -7,6 +7,7 @@ Nothing outside this module imports libvirt.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import time
@@ -39,8 +40,13 @@ BULK_STATS = (
 
 #: libvirt error codes that mean the connection to libvirtd is gone (reconnect), not a bad request.
 CONNECTION_ERRORS = frozenset(
-    {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT,
-     libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_INTERNAL_ERROR}
+    {
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_ERR_INTERNAL_ERROR,
+    }
 )
 
 
@@ -85,10 +91,13 @@ class Hypervisor:
 
     @classmethod
     def check_uri(cls, uri: str) -> None:
-        """Open and close ``uri`` once; HypervisorRefused if libvirt cannot open it at all."""
+        """Open and close ``uri`` once: HypervisorRefused if libvirt cannot open it at all,
+        HypervisorUnavailable if only the daemon is not answering (worth retrying)."""
         try:
             libvirt.open(uri).close()
         except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR:
+                raise HypervisorUnavailable(f"{uri}: {exc.get_error_message()}") from None
             raise HypervisorRefused(f"--connect {uri!r}: {exc.get_error_message()}") from None
 
     def in_pool(self, name: str) -> bool:
@@ -124,10 +133,8 @@ class Hypervisor:
         log.warning("%s: %s", self.uri, why)
         connection, self._connection = self._connection, None
         if connection is not None:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 connection.close()
-            except libvirt.libvirtError:
-                pass
 
     def _call(self, what: str, action: Callable[[libvirt.virConnect], object]):
         connection = self._connect()

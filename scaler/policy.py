@@ -131,7 +131,7 @@ class Policy:
         notes: list[str] = []
         vms = {vm.name: vm for vm in obs.vms}
         self._reconcile(obs, vms, actions, notes)
-        ready = [vm for vm in obs.vms if self._is_ready(vm)]
+        ready = [vm for vm in obs.vms if self._is_ready(vm, obs.consumers_known)]
         booting = [name for name in self.booting if name in vms]
         current = len(ready) + len(booting)
         self._learn(obs, ready)
@@ -139,7 +139,7 @@ class Policy:
         wanted = max((value for value in recommendations.values() if value is not None), default=current)
         floor = self._floor(obs, current)
         desired = min(max(wanted, floor), self.config.max_vms)
-        stabilized = self._stabilize(obs.now, desired)
+        stabilized = self._stabilize(obs.now, desired, current)
         signals = {
             "ready": len(ready),
             "booting": len(booting),
@@ -194,11 +194,16 @@ class Policy:
 
     # -- state -------------------------------------------------------------------------
 
-    def _is_ready(self, vm: VmView) -> bool:
-        return vm.state == "running" and vm.consuming and vm.name not in self.draining
+    def _is_ready(self, vm: VmView, consumers_known: bool) -> bool:
+        """Running and consuming; when the broker's consumer list is unreadable, a running VM
+        is given the benefit of the doubt rather than replaced."""
+        if vm.state != "running" or vm.name in self.draining:
+            return False
+        return vm.consuming or (not consumers_known and vm.name not in self.booting)
 
-    def _reconcile(self, obs: Observation, vms: dict[str, VmView], actions: list[Action],
-                   notes: list[str]) -> None:
+    def _reconcile(
+        self, obs: Observation, vms: dict[str, VmView], actions: list[Action], notes: list[str]
+    ) -> None:
         """Bring the bookkeeping in line with what libvirt and the broker report."""
         now = obs.now
         for name in list(self.draining):
@@ -264,8 +269,12 @@ class Policy:
             return 0
         return 1
 
-    def _stabilize(self, now: float, desired: int) -> int:
-        """The highest recommendation of the stabilization window: a dip must last to count."""
+    def _stabilize(self, now: float, desired: int, current: int) -> int:
+        """The highest recommendation of the stabilization window: a dip must last to count.
+        A scaler that just started counts what is running as its first recommendation, so a
+        restart never removes VMs before a full window of evidence."""
+        if not self._history:
+            self._history.append((now, max(desired, current)))
         self._history.append((now, desired))
         while self._history and now - self._history[0][0] > self.config.scale_down_stabilization:
             self._history.popleft()
@@ -273,18 +282,21 @@ class Policy:
 
     # -- acting ------------------------------------------------------------------------
 
-    def _scale_up(self, obs: Observation, vms: dict[str, VmView], current: int, desired: int,
-                  notes: list[str]) -> list[Action]:
+    def _scale_up(
+        self, obs: Observation, vms: dict[str, VmView], current: int, desired: int, notes: list[str]
+    ) -> list[Action]:
         since = obs.now - self.last_scale_up
         if since < self.config.scale_up_cooldown:
             notes.append(f"scale-up cooldown ({since:.0f}/{self.config.scale_up_cooldown:g}s)")
             return []
-        limit = max(self.config.max_start_per_tick,
-                    math.floor(current * self.config.max_start_percent / 100))
+        limit = max(self.config.max_start_per_tick, math.floor(current * self.config.max_start_percent / 100))
         count = min(desired - current, limit)
         candidates = sorted(
-            (vm.name for vm in vms.values()
-             if vm.state == "shutoff" and vm.name not in self.failed and vm.name not in self.draining),
+            (
+                vm.name
+                for vm in vms.values()
+                if vm.state == "shutoff" and vm.name not in self.failed and vm.name not in self.draining
+            ),
             key=natural_key,
         )
         chosen = candidates[:count]
@@ -297,24 +309,32 @@ class Policy:
             notes.append("start " + ", ".join(chosen))
         return [Action(name, START) for name in chosen]
 
-    def _scale_down(self, obs: Observation, ready: list[VmView], booting: list[str],
-                    notes: list[str]) -> list[Action]:
+    def _scale_down(
+        self, obs: Observation, ready: list[VmView], booting: list[str], notes: list[str]
+    ) -> list[Action]:
         """One VM per tick: a booting one first (it holds no work), then the idlest ready one."""
         if booting:
             victim = max(booting, key=natural_key)
             del self.booting[victim]
         else:
-            # Highest-numbered first among equals, so the pool shrinks from its end.
+            # CPU in 5% steps (finer differences are noise); among equals the highest-numbered
+            # goes first, so the pool shrinks from its end.
             by_name = sorted(ready, key=lambda vm: natural_key(vm.name), reverse=True)
-            victim = min(by_name, key=lambda vm: 100.0 if vm.cpu is None else vm.cpu).name
+            victim = min(by_name, key=lambda vm: 100 if vm.cpu is None else round(vm.cpu / 5)).name
         self.draining[victim] = obs.now
         notes.append(f"shutdown {victim}")
         return [Action(victim, SHUTDOWN)]
 
-    def _summary(self, obs: Observation, ready: list[VmView], booting: list[str],
-                 recommendations: dict[str, int | None]) -> str:
+    def _summary(
+        self,
+        obs: Observation,
+        ready: list[VmView],
+        booting: list[str],
+        recommendations: dict[str, int | None],
+    ) -> str:
         depth = "?" if obs.depth is None else str(obs.depth)
         arrival = "?" if obs.arrival_rate is None else f"{obs.arrival_rate:.1f}/s"
-        signals = ", ".join(f"{key} {'-' if value is None else value}"
-                            for key, value in recommendations.items())
+        signals = ", ".join(
+            f"{key} {'-' if value is None else value}" for key, value in recommendations.items()
+        )
         return f"depth {depth}, arrivals {arrival}, {len(ready)} ready + {len(booting)} booting ({signals})"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import requests
 
 from virtscale.broker import BrokerRefused, BrokerUnavailable, queue_counts
-from virtscale.naming import WORKER_CONNECTION_PREFIX
+from virtscale.naming import worker_from_consumer_tag
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,15 @@ class QueueReading:
 
 
 class QueueMonitor:
-    def __init__(self, management_url: str, auth: tuple[str, str], vhost: str, queue: str, amqp_url: str,
-                 verify: bool | str = True):
+    def __init__(
+        self,
+        management_url: str,
+        auth: tuple[str, str],
+        vhost: str,
+        queue: str,
+        amqp_url: str,
+        verify: bool | str = True,
+    ):
         self.queue = queue
         self.amqp_url = amqp_url
         base = management_url.rstrip("/")
@@ -69,9 +76,9 @@ class QueueMonitor:
         stats = body.get("message_stats") or {}
         consuming = set()
         for consumer in body.get("consumer_details") or []:
-            connection_name = (consumer.get("channel_details") or {}).get("connection_name") or ""
-            if connection_name.startswith(WORKER_CONNECTION_PREFIX):
-                consuming.add(connection_name[len(WORKER_CONNECTION_PREFIX):])
+            name = worker_from_consumer_tag(consumer.get("consumer_tag") or "")
+            if name is not None:
+                consuming.add(name)
         return QueueReading(
             ready=int(body.get("messages_ready", 0)),
             unacked=int(body.get("messages_unacknowledged", 0)),

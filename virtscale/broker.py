@@ -73,9 +73,7 @@ def classify(exc: BaseException, url: str, after_ready: bool = False) -> Excepti
     return BrokerUnavailable(f"broker at {where} unavailable: {exc!r}", after_ready)
 
 
-def _blocking_call(
-    url: str, action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object]
-):
+def _blocking_call(url: str, action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object]):
     try:
         connection = pika.BlockingConnection(connection_parameters(url))
     except pika.exceptions.AMQPError as exc:
@@ -89,9 +87,7 @@ def _blocking_call(
             connection.close()
 
 
-def declare_topology(
-    url: str, names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT
-) -> None:
+def declare_topology(url: str, names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT) -> None:
     """Declare the job, result and dead-letter queues (idempotent; needs configure rights)."""
 
     def declare(channel) -> None:
@@ -158,9 +154,7 @@ class Session:
         self._stopping = False
         self.ready = False
         self._next_seq = 1
-        self._pending: collections.OrderedDict[int, tuple[str | None, OnConfirm]] = (
-            collections.OrderedDict()
-        )
+        self._pending: collections.OrderedDict[int, tuple[str | None, OnConfirm]] = collections.OrderedDict()
         self._returned: set[str] = set()
         self._consumer_tag: str | None = None
 
@@ -213,12 +207,7 @@ class Session:
 
     @property
     def usable(self) -> bool:
-        return (
-            self.ready
-            and not self._stopping
-            and self._channel is not None
-            and self._channel.is_open
-        )
+        return self.ready and not self._stopping and self._channel is not None and self._channel.is_open
 
     # -- publishing ------------------------------------------------------------------
 
@@ -263,9 +252,7 @@ class Session:
             on_confirm(ok and not returned)
 
     def _on_return(self, _channel, method, properties, _body) -> None:
-        log.warning(
-            "message %s returned as unroutable: %s", properties.message_id, method.reply_text
-        )
+        log.warning("message %s returned as unroutable: %s", properties.message_id, method.reply_text)
         if properties.message_id is not None:
             self._returned.add(properties.message_id)
 
@@ -276,11 +263,11 @@ class Session:
 
     # -- consuming -------------------------------------------------------------------
 
-    def consume(self, queue: str, on_message: OnMessage) -> None:
+    def consume(self, queue: str, on_message: OnMessage, consumer_tag: str | None = None) -> None:
         def deliver(_channel, method, properties, body) -> None:
             on_message(method.delivery_tag, properties, body)
 
-        self._consumer_tag = self._channel.basic_consume(queue, deliver)
+        self._consumer_tag = self._channel.basic_consume(queue, deliver, consumer_tag=consumer_tag)
 
     def cancel(self, on_cancelled: Callable[[], None] | None = None) -> None:
         """Stop receiving new deliveries; those in hand can still be acked."""
@@ -304,9 +291,7 @@ class Session:
 
     def _on_open_error(self, _connection, error) -> None:
         self._failure = (
-            classify(error, self.url)
-            if isinstance(error, Exception)
-            else BrokerUnavailable(str(error))
+            classify(error, self.url) if isinstance(error, Exception) else BrokerUnavailable(str(error))
         )
         self._connection.ioloop.stop()
 
@@ -334,9 +319,7 @@ class Session:
                 queue, passive=True, callback=lambda _frame: self._check_queues(remaining)
             )
         elif self._prefetch:
-            self._channel.basic_qos(
-                prefetch_count=self._prefetch, callback=lambda _f: self._became_ready()
-            )
+            self._channel.basic_qos(prefetch_count=self._prefetch, callback=lambda _f: self._became_ready())
         else:
             self._became_ready()
 

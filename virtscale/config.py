@@ -92,8 +92,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         "--queue",
         type=queue_name,
         default=os.environ.get("VIRTSCALE_QUEUE", defaults.QUEUE),
-        help="job queue; results on QUEUE.hashed, dead letters on QUEUE.dead "
-        "(default: %(default)s)",
+        help="job queue; results on QUEUE.hashed, dead letters on QUEUE.dead (default: %(default)s)",
     )
     parser.add_argument(
         "--log-level",
@@ -110,8 +109,7 @@ def resolve_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         parser.error(
-            "--amqp-url must look like amqp://user:password@host:5672/vhost, "
-            f"got {redact_url(url)!r}"
+            f"--amqp-url must look like amqp://user:password@host:5672/vhost, got {redact_url(url)!r}"
         )
     password = os.environ.get("VIRTSCALE_AMQP_PASSWORD")
     if args.password_file:
@@ -156,9 +154,7 @@ class _ScrubLicenses(logging.Filter):
 def configure_logging(level: str) -> None:
     """Logging for a command-line entry point; library code only calls getLogger."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     handler.addFilter(_ScrubLicenses())
     root = logging.getLogger()
     root.handlers[:] = [handler]

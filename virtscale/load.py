@@ -103,9 +103,7 @@ def load_trace(path: str) -> tuple[Rate, float]:
                 try:
                     when, rate = float(row[0]), float(row[1])
                 except (ValueError, IndexError):
-                    raise TraceError(
-                        f"{path}:{line_number}: expected two numbers 'time,rate'"
-                    ) from None
+                    raise TraceError(f"{path}:{line_number}: expected two numbers 'time,rate'") from None
                 if rate < 0 or not math.isfinite(rate) or not math.isfinite(when):
                     raise TraceError(f"{path}:{line_number}: rate must be a finite number >= 0")
                 if times and when <= times[-1]:

@@ -53,8 +53,7 @@ def build_parser() -> OneLineParser:
         "--prefetch-per-slot",
         type=positive_int,
         default=1,
-        help="unacked jobs held per slot; 1 lets a new worker take work at once "
-        "(default: %(default)s)",
+        help="unacked jobs held per slot; 1 lets a new worker take work at once (default: %(default)s)",
     )
     parser.add_argument(
         "--name",

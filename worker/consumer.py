@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pika
@@ -19,7 +20,7 @@ import pika
 from virtscale import defaults
 from virtscale.broker import Session, keep_running
 from virtscale.messages import InvalidMessage, Job, Result, parse_job
-from virtscale.naming import WORKER_CONNECTION_PREFIX, QueueNames
+from virtscale.naming import QueueNames, worker_consumer_tag
 from worker.hashing import hash_license
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class Worker:
             self._start_consuming,
             queues=(self.names.jobs, self.names.results, self.names.dead),
             prefetch=self.prefetch,
-            connection_name=f"{WORKER_CONNECTION_PREFIX}{self.name}",
+            connection_name=f"virtscale-worker {self.name}",
         )
         self._session.run()
 
@@ -96,7 +97,8 @@ class Worker:
         if self.stop_requested.is_set():
             session.stop()
             return
-        session.consume(self.names.jobs, self._on_job)
+        tag = worker_consumer_tag(self.name, uuid.uuid4().hex[:8])
+        session.consume(self.names.jobs, self._on_job, consumer_tag=tag)
 
     def _drain(self) -> None:
         session = self._session
@@ -121,9 +123,7 @@ class Worker:
         self._in_hand += 1
         future = self._pool.submit(hash_license, job.license, self.cost)
         future.add_done_callback(
-            lambda done: session.threadsafe(
-                lambda: self._publish_result(session, delivery_tag, job, done)
-            )
+            lambda done: session.threadsafe(lambda: self._publish_result(session, delivery_tag, job, done))
         )
 
     def _publish_result(self, session: Session, delivery_tag: int, job: Job, done: Future) -> None:

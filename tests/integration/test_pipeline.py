@@ -64,9 +64,7 @@ def stored_ids(path) -> set[str]:
 
 def known_jobs(count: int, seed: int = 1) -> tuple[set[str], list[bytes]]:
     generate = LicenseGenerator(seed)
-    jobs = [
-        {"id": str(uuid.uuid4()), "license": generate(), "produced_at": 1.0} for _ in range(count)
-    ]
+    jobs = [{"id": str(uuid.uuid4()), "license": generate(), "produced_at": 1.0} for _ in range(count)]
     return {job["id"] for job in jobs}, [json.dumps(job).encode() for job in jobs]
 
 
@@ -154,22 +152,12 @@ BAD_BODIES = {
     "array": b"[1,2,3]",
     "missing license": json.dumps({"id": str(uuid.uuid4()), "produced_at": 1}).encode(),
     "missing id": json.dumps({"license": "KL-01-AB-0001", "produced_at": 1}).encode(),
-    "empty license": json.dumps(
-        {"id": str(uuid.uuid4()), "license": "", "produced_at": 1}
-    ).encode(),
-    "long license": json.dumps(
-        {"id": str(uuid.uuid4()), "license": "x" * 73, "produced_at": 1}
-    ).encode(),
-    "number license": json.dumps(
-        {"id": str(uuid.uuid4()), "license": 7, "produced_at": 1}
-    ).encode(),
+    "empty license": json.dumps({"id": str(uuid.uuid4()), "license": "", "produced_at": 1}).encode(),
+    "long license": json.dumps({"id": str(uuid.uuid4()), "license": "x" * 73, "produced_at": 1}).encode(),
+    "number license": json.dumps({"id": str(uuid.uuid4()), "license": 7, "produced_at": 1}).encode(),
     "bad id": json.dumps({"id": "1234", "license": "KL-01-AB-0001", "produced_at": 1}).encode(),
-    "string time": json.dumps(
-        {"id": str(uuid.uuid4()), "license": "a", "produced_at": "now"}
-    ).encode(),
-    "extra field": json.dumps(
-        {"id": str(uuid.uuid4()), "license": "a", "produced_at": 1, "x": 1}
-    ).encode(),
+    "string time": json.dumps({"id": str(uuid.uuid4()), "license": "a", "produced_at": "now"}).encode(),
+    "extra field": json.dumps({"id": str(uuid.uuid4()), "license": "a", "produced_at": 1, "x": 1}).encode(),
     "huge body": b"{" + b" " * 1_000_000 + b"}",
     "empty body": b"",
 }

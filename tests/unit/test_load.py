@@ -23,9 +23,7 @@ def test_sine_spans_base_to_peak():
 
 
 def test_bursty_is_reproducible_by_seed():
-    spec = ProfileSpec(
-        kind="bursty", base=1, peak=20, start=0, duration=10, period=60, seed=4, length=3600
-    )
+    spec = ProfileSpec(kind="bursty", base=1, peak=20, start=0, duration=10, period=60, seed=4, length=3600)
     a, b = profile_rate(spec), profile_rate(spec)
     samples = [a(t) for t in range(0, 3600, 7)]
     assert samples == [b(t) for t in range(0, 3600, 7)]

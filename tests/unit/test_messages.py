@@ -78,3 +78,10 @@ def test_result_must_carry_a_bcrypt_hash():
 
 def test_job_json_has_exactly_the_contract_fields():
     assert set(json.loads(Job("i", "l", 1.0).to_json())) == {"id", "license", "produced_at"}
+
+
+def test_consumer_tag_carries_the_worker_name():
+    from virtscale.naming import worker_consumer_tag, worker_from_consumer_tag
+
+    assert worker_from_consumer_tag(worker_consumer_tag("vm-1:odd", "ab12")) == "vm-1:odd"
+    assert worker_from_consumer_tag("ctag1.abc") is None

@@ -6,8 +6,16 @@ import pytest
 
 from scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, PolicyConfig, VmView
 
-CONFIG = PolicyConfig(min_vms=1, max_vms=4, target_backlog=50, scale_up_cooldown=10,
-                      scale_down_stabilization=60, boot_timeout=30, drain_timeout=20, idle_to_zero=100)
+CONFIG = PolicyConfig(
+    min_vms=1,
+    max_vms=4,
+    target_backlog=50,
+    scale_up_cooldown=10,
+    scale_down_stabilization=60,
+    boot_timeout=30,
+    drain_timeout=20,
+    idle_to_zero=100,
+)
 
 
 def pool(ready=(), booting=(), off=(), cpu=50.0, **states):
@@ -38,7 +46,9 @@ def test_backlog_starts_vms_up_to_max_in_one_tick():
 def test_booting_vms_count_as_capacity():
     policy = Policy(CONFIG)
     policy.decide(observe(0, pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"]), depth=150))
-    later = policy.decide(observe(15, pool(ready=["vm-1"], booting=["vm-2", "vm-3"], off=["vm-4"]), depth=150))
+    later = policy.decide(
+        observe(15, pool(ready=["vm-1"], booting=["vm-2", "vm-3"], off=["vm-4"]), depth=150)
+    )
     assert actions(later) == []
 
 
@@ -65,15 +75,21 @@ def test_a_vm_that_never_consumes_is_failed_and_another_tried():
 
 def test_scale_down_waits_for_stabilization_then_removes_the_idlest_one_per_tick():
     policy = Policy(CONFIG)
-    busy = (VmView("vm-1", "running", 90.0, True), VmView("vm-2", "running", 5.0, True),
-            VmView("vm-3", "running", 5.0, True))
+    busy = (
+        VmView("vm-1", "running", 90.0, True),
+        VmView("vm-2", "running", 5.0, True),
+        VmView("vm-3", "running", 5.0, True),
+    )
     policy.decide(observe(0, busy, depth=140))
     for now in range(10, 60, 10):
         assert actions(policy.decide(observe(now, busy, depth=0))) == [], now
     down = policy.decide(observe(61, busy, depth=0))
     assert actions(down) == [("vm-3", SHUTDOWN)], "idlest, highest-numbered first"
-    idle = (VmView("vm-1", "running", 10.0, True), VmView("vm-2", "running", 5.0, True),
-            VmView("vm-3", "shutting-down"))
+    idle = (
+        VmView("vm-1", "running", 10.0, True),
+        VmView("vm-2", "running", 5.0, True),
+        VmView("vm-3", "shutting-down"),
+    )
     assert actions(policy.decide(observe(62, idle, depth=0))) == [], "each step down waits its window"
     later = actions(policy.decide(observe(122, idle, depth=0)))
     assert later == [("vm-3", DESTROY), ("vm-2", SHUTDOWN)], "vm-3 overstayed its drain timeout"
@@ -113,7 +129,8 @@ def test_min_and_max_are_respected():
     up = policy.decide(observe(0, pool(off=["vm-1", "vm-2", "vm-3", "vm-4"]), depth=0))
     assert [a.domain for a in up.actions] == ["vm-1", "vm-2"]
     capped = Policy(PolicyConfig(max_vms=3, target_backlog=10)).decide(
-        observe(0, pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"]), depth=10_000))
+        observe(0, pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"]), depth=10_000)
+    )
     assert len(capped.actions) == 2
 
 
@@ -180,10 +197,19 @@ def test_failed_domain_is_not_retried_at_once():
 def test_unknown_consumers_do_not_fail_booting_vms():
     policy = Policy(CONFIG)
     policy.booting["vm-2"] = 0.0
-    decision = policy.decide(observe(100, pool(ready=["vm-1"], booting=["vm-2"]), depth=0,
-                                     consumers_known=False, degraded=True))
+    decision = policy.decide(
+        observe(100, pool(ready=["vm-1"], booting=["vm-2"]), depth=0, consumers_known=False, degraded=True)
+    )
     assert ("vm-2", DESTROY) not in actions(decision)
 
 
 def test_impossible_configuration_is_reported():
     assert PolicyConfig(min_vms=5, max_vms=2).problems() == ["--min 5 is more than --max 2"]
+
+
+def test_a_fresh_policy_waits_a_full_window_before_removing_running_vms():
+    policy = Policy(CONFIG)
+    vms = pool(ready=["vm-1", "vm-2"], cpu=1.0)
+    assert actions(policy.decide(observe(0, vms))) == []
+    assert actions(policy.decide(observe(59, vms))) == []
+    assert actions(policy.decide(observe(61, vms))) == [("vm-2", SHUTDOWN)]

@@ -1,0 +1,52 @@
+import pytest
+
+from scaler.cpu import CpuWindow
+from scaler.hypervisor import DomainSample
+
+NS = 1_000_000_000
+
+
+def sample(at, cpu_seconds, run_id=1, vcpus=2, name="vm-1"):
+    return DomainSample(name, "test:///", "running", run_id, int(cpu_seconds * NS), vcpus, at)
+
+
+def test_percent_is_cpu_time_over_wall_time_and_vcpus():
+    window = CpuWindow(30)
+    window.add([sample(0, 100)])
+    assert window.percent("test:///", "vm-1") is None, "one sample gives no rate"
+    window.add([sample(10, 115)])
+    assert window.percent("test:///", "vm-1") == pytest.approx(75.0)  # 15 s over 10 s x 2 vCPUs
+
+
+def test_a_domain_started_mid_window_shows_no_spike_from_its_boot():
+    window = CpuWindow(30)
+    window.add([sample(0, 5000, run_id=1)])
+    # Restarted: a new run whose counter started from zero; the old sample must not count.
+    window.add([sample(5, 2, run_id=2)])
+    assert window.percent("test:///", "vm-1") is None
+    window.add([sample(10, 3, run_id=2)])
+    assert window.percent("test:///", "vm-1") == pytest.approx(10.0)
+
+
+def test_a_counter_going_backwards_never_gives_a_negative_load():
+    window = CpuWindow(30)
+    window.add([sample(0, 500)])
+    window.add([sample(5, 10)])  # same run id, counter reset
+    window.add([sample(10, 12)])
+    assert window.percent("test:///", "vm-1") == pytest.approx(20.0)
+
+
+def test_the_window_slides():
+    window = CpuWindow(20)
+    window.add([sample(0, 0)])
+    window.add([sample(10, 20)])  # 100% for the first 10 s
+    for at in (20, 30, 40):
+        window.add([sample(at, 20)])  # idle afterwards
+    assert window.percent("test:///", "vm-1") == pytest.approx(0.0)
+
+
+def test_shut_off_and_vanished_domains_are_forgotten():
+    window = CpuWindow(30)
+    window.add([sample(0, 0), sample(0, 0, name="vm-2")])
+    window.add([sample(10, 10)])
+    assert window.percent("test:///", "vm-2") is None
