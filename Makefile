@@ -10,7 +10,12 @@ SECRETS := var/secrets
 # Each component connects as its own least-privilege user; the password comes from a file.
 as = --amqp-url amqp://$(1)@$(BROKER_HOST)/%2F --password-file $(SECRETS)/$(1) --queue $(QUEUE)
 
-.PHONY: setup broker producer worker collector stats scaler demo test test-unit bench lint clean
+.PHONY: setup broker image vms unvms producer worker collector stats scaler status demo test test-unit \
+	bench bench-policy lint clean
+N ?= 3
+COST ?= 12
+DOMAIN_TYPE ?= auto
+NETWORK ?= user
 
 setup:
 	@deploy/setup.sh
@@ -18,6 +23,16 @@ setup:
 broker: setup
 	@$(BIN)/python deploy/broker_accounts.py --queue $(QUEUE) --secrets-dir $(SECRETS)
 	@$(BIN)/virtscale-broker declare --queue $(QUEUE)
+
+image: setup
+	@deploy/image/build.sh
+
+vms: broker image
+	@$(BIN)/python deploy/vms.py define --count $(N) --queue $(QUEUE) --cost $(COST) \
+		--domain-type $(DOMAIN_TYPE) --network $(NETWORK) --password-file $(SECRETS)/worker
+
+unvms: setup
+	@$(BIN)/python deploy/vms.py undefine
 
 producer: broker
 	$(BIN)/virtscale-producer $(call as,producer) $(ARGS)
@@ -27,6 +42,12 @@ worker: broker
 
 collector: broker
 	$(BIN)/virtscale-collector run $(call as,collector) $(ARGS)
+
+scaler: broker
+	$(BIN)/virtscale-scaler run $(call as,scaler) $(ARGS)
+
+status: broker
+	@$(BIN)/virtscale-scaler status $(call as,scaler) $(ARGS)
 
 stats: setup
 	@$(BIN)/virtscale-collector stats $(ARGS)

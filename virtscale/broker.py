@@ -222,8 +222,9 @@ class Session:
     ) -> None:
         """Publish persistently to the default exchange; ``on_confirm(ok)`` runs when the broker
         confirms (ok) or nacks / returns it as unroutable (not ok), or the session ends (not ok)."""
+        # delivery_mode 2 = persistent (pika 1.2, Debian 12's, in the guest, has no enum for it).
         properties = pika.BasicProperties(
-            delivery_mode=pika.DeliveryMode.Persistent,
+            delivery_mode=2,
             content_type="application/json",
             message_id=message_id,
             headers=headers,

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Put the worker into a debootstrapped tree ($1) and make it boot fast and quiet under TCG.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$1
+
+install -d "$root/opt/virtscale"
+for package in virtscale worker; do
+  rm -rf "$root/opt/virtscale/$package"
+  install -d "$root/opt/virtscale/$package"
+  install -m 0644 "$package"/*.py "$root/opt/virtscale/$package/"
+done
+install -m 0755 deploy/image/guest-config.py deploy/image/egress-probe.py "$root/opt/virtscale/"
+install -m 0644 deploy/virtscale-worker.service deploy/image/virtscale-config.service \
+  deploy/image/virtscale-egress-probe.service "$root/etc/systemd/system/"
+
+echo "qemu_fw_cfg" >"$root/etc/modules-load.d/virtscale.conf"
+echo "/dev/vda / ext4 defaults,noatime 0 1" >"$root/etc/fstab"
+echo "worker" >"$root/etc/hostname"
+: >"$root/etc/resolv.conf"  # no DNS: the guest talks to the broker's address only
+
+wants() { install -d "$root/etc/systemd/system/$1"; ln -sf "/etc/systemd/system/$2" "$root/etc/systemd/system/$1/$2"; }
+wants sysinit.target.wants virtscale-config.service
+wants multi-user.target.wants virtscale-worker.service
+wants multi-user.target.wants virtscale-egress-probe.service
+install -d "$root/etc/systemd/system/multi-user.target.wants"
+ln -sf /lib/systemd/system/systemd-networkd.service "$root/etc/systemd/system/multi-user.target.wants/"
+# Nothing else at boot: no timers, no getty, no waiting for "online".
+for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
+    serial-getty@ttyS0.service getty@tty1.service systemd-networkd-wait-online.service \
+    nftables.service; do
+  ln -sf /dev/null "$root/etc/systemd/system/$unit"
+done
+# The power button (ACPI shutdown from libvirt) powers off: logind's default, stated.
+install -d "$root/etc/systemd/logind.conf.d"
+printf '[Login]\nHandlePowerKey=poweroff\n' >"$root/etc/systemd/logind.conf.d/virtscale.conf"
+install -d "$root/etc/systemd/journald.conf.d"
+printf '[Journal]\nStorage=volatile\n' >"$root/etc/systemd/journald.conf.d/virtscale.conf"
+passwd_line=$(grep '^root:' "$root/etc/shadow" || true)
+[ -n "$passwd_line" ] && sed -i 's/^root:[^:]*:/root:!:/' "$root/etc/shadow"  # no root login

@@ -1,0 +1,90 @@
+#!/usr/bin/python3
+"""First thing at boot in a worker VM: read this VM's settings and lock the network down.
+
+Settings reach the guest through QEMU's fw_cfg (the domain XML names a host file), so
+the base image is the same for every VM. Writes:
+  /run/virtscale/worker.env        name, broker URL (no password), queue, cost
+  /run/virtscale/password          the broker password (0600), passed as a systemd credential
+  /run/systemd/network/10-virtscale.network   static user-mode address, or DHCP on a bridge
+and loads an nftables ruleset that lets the guest open connections to the broker only.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+
+FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/opt/virtscale/config/raw"
+RUN = "/run/virtscale"
+
+EGRESS = """flush ruleset
+table inet virtscale {{
+  chain output {{
+    type filter hook output priority 0; policy drop;
+    oif "lo" accept
+    ct state established,related accept
+    ip daddr {host} tcp dport {port} accept comment "the broker, and nothing else"
+    meta l4proto tcp reject with tcp reset comment "fail fast rather than hang"
+    reject
+  }}
+}}
+"""
+
+USER_MODE_NETWORK = """[Match]
+Name=en* eth*
+[Network]
+Address=10.0.2.15/24
+Gateway=10.0.2.2
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+"""
+
+DHCP_NETWORK = """[Match]
+Name=en* eth*
+[Network]
+DHCP=ipv4
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+"""
+
+
+def main() -> int:
+    subprocess.run(["modprobe", "qemu_fw_cfg"], check=False)
+    try:
+        with open(FW_CFG, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as exc:
+        # No settings: keep everything closed rather than run with guesses.
+        subprocess.run(["nft", "-f", "-"], input=EGRESS.format(host="127.0.0.1", port=1), text=True,
+                       check=False)
+        print(f"virtscale-config: no usable settings in fw_cfg: {exc}", file=sys.stderr)
+        return 1
+    url = urllib.parse.urlsplit(config["amqp_url"])
+    os.makedirs(RUN, mode=0o700, exist_ok=True)
+    with open("/proc/sys/kernel/hostname", "w", encoding="ascii") as handle:
+        handle.write(config["name"])
+    env = {
+        "VIRTSCALE_WORKER_NAME": config["name"],
+        "VIRTSCALE_AMQP_URL": config["amqp_url"],
+        "VIRTSCALE_QUEUE": config.get("queue", "licenses"),
+        "VIRTSCALE_COST": str(config.get("cost", 12)),
+        "VIRTSCALE_LOG_LEVEL": config.get("log_level", "INFO"),
+    }
+    with open(f"{RUN}/worker.env", "w", encoding="utf-8") as handle:
+        handle.writelines(f"{key}={value}\n" for key, value in env.items())
+    descriptor = os.open(f"{RUN}/password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(config["password"])
+    os.makedirs("/run/systemd/network", exist_ok=True)
+    network = DHCP_NETWORK if config.get("network") == "dhcp" else USER_MODE_NETWORK
+    with open("/run/systemd/network/10-virtscale.network", "w", encoding="ascii") as handle:
+        handle.write(network)
+    egress = EGRESS.format(host=url.hostname, port=url.port or 5672)
+    subprocess.run(["nft", "-f", "-"], input=egress, text=True, check=True)
+    print(f"virtscale-config: {config['name']}, egress only to {url.hostname}:{url.port or 5672}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
