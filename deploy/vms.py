@@ -54,7 +54,7 @@ def probe_domain_type(cache: Path, timeout: float = 20.0) -> str:
     return domain_type
 
 
-def render(name: str, args: argparse.Namespace, domain_type: str) -> str:
+def render(name: str, args: argparse.Namespace, domain_type: str, uuid: str | None = None) -> str:
     if args.network == "user":
         interface = '<interface type="user"><model type="virtio"/></interface>'
     else:
@@ -62,7 +62,7 @@ def render(name: str, args: argparse.Namespace, domain_type: str) -> str:
     cpu = '<cpu mode="host-passthrough"/>' if domain_type == "kvm" else ""
     template = string.Template((HERE / "domain.xml.in").read_text())
     return template.substitute(
-        name=name, domain_type=domain_type, pool=args.pool, memory_mib=args.memory, vcpus=args.vcpus,
+        name=name, uuid=f"<uuid>{uuid}</uuid>" if uuid else "", domain_type=domain_type, pool=args.pool, memory_mib=args.memory, vcpus=args.vcpus,
         image_dir=IMAGE_DIR, config_file=IMAGE_DIR / f"{name}.json", disk=IMAGE_DIR / f"{name}.qcow2",
         interface=interface, cpu=cpu, console_log=CONSOLE_DIR / f"{name}.console.log",
     )
@@ -113,7 +113,9 @@ def define(connection: libvirt.virConnect, args: argparse.Namespace) -> None:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                             str(IMAGE_DIR / "rootfs.qcow2"), str(disk)], check=True)
         write_settings(name, args)
-        connection.defineXML(render(name, args, domain_type))
+        # Redefining keeps the UUID: libvirt refuses a second domain of the same name.
+        uuid = existing.UUIDString() if existing is not None else None
+        connection.defineXML(render(name, args, domain_type, uuid))
         print(f"vms: {name} defined ({domain_type}, {args.vcpus} vCPU, {args.memory} MiB), shut off")
 
 
