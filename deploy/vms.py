@@ -54,6 +54,14 @@ def probe_domain_type(cache: Path, timeout: float = 20.0) -> str:
     return domain_type
 
 
+def backing_file(disk: Path) -> str | None:
+    if not disk.exists():
+        return None
+    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True,
+                          text=True, check=False)
+    return json.loads(info.stdout).get("backing-filename") if info.returncode == 0 else None
+
+
 def render(name: str, args: argparse.Namespace, domain_type: str, uuid: str | None = None) -> str:
     if args.network == "user":
         interface = '<interface type="user"><model type="virtio"/></interface>'
@@ -108,10 +116,12 @@ def define(connection: libvirt.virConnect, args: argparse.Namespace) -> None:
             print(f"vms: {name} is running; left as it is")
             continue
         disk = IMAGE_DIR / f"{name}.qcow2"
-        if args.fresh_disks or not disk.exists() or disk.stat().st_mtime < (IMAGE_DIR / "rootfs.qcow2").stat().st_mtime:
+        base = (IMAGE_DIR / "rootfs.qcow2").resolve()
+        if args.fresh_disks or backing_file(disk) != str(base):
+            # A new overlay on the current base (the old one, if any, was on an older base).
             disk.unlink(missing_ok=True)
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                            str(IMAGE_DIR / "rootfs.qcow2"), str(disk)], check=True)
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
+                            str(disk)], check=True)
         write_settings(name, args)
         # Redefining keeps the UUID: libvirt refuses a second domain of the same name.
         uuid = existing.UUIDString() if existing is not None else None

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the worker VM image from Debian packages only (debootstrap from the host's mirror):
-#   $OUT/rootfs.qcow2  base disk (ext4, no partition table), the worker as a systemd service
+#   $OUT/rootfs.qcow2  base disk (ext4, no partition table), the worker as a systemd service;
+#                      a link to rootfs-<hash>.qcow2, so that VMs' overlays made on an older
+#                      base keep theirs (a base replaced under an overlay corrupts it)
 #   $OUT/vmlinuz, $OUT/initrd.img  for direct kernel boot
 # Cached: rebuilt only when the worker code or this directory changes (stamp = their hash).
 set -euo pipefail
@@ -21,7 +23,7 @@ source_hash() {
 }
 
 wanted=$(source_hash)
-if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$wanted" ] && [ -f "$OUT/rootfs.qcow2" ]; then
+if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$wanted" ] && [ -e "$OUT/rootfs.qcow2" ]; then
   log "up to date ($OUT, $wanted)"
   exit 0
 fi
@@ -54,7 +56,19 @@ cp "$(readlink -f "$root/initrd.img")" "$OUT/initrd.img.new"
 log "filesystem image ($DISK_SIZE, ext4 populated from the tree, then qcow2)"
 truncate -s "$DISK_SIZE" "$work/rootfs.raw"
 mkfs.ext4 -q -L virtscale-root -d "$root" "$work/rootfs.raw"
-qemu-img convert -O qcow2 "$work/rootfs.raw" "$OUT/rootfs.qcow2.new"
-for file in vmlinuz initrd.img rootfs.qcow2; do mv "$OUT/$file.new" "$OUT/$file"; done
+qemu-img convert -O qcow2 "$work/rootfs.raw" "$OUT/rootfs-$wanted.qcow2"
+chmod 0444 "$OUT/rootfs-$wanted.qcow2"
+for file in vmlinuz initrd.img; do mv "$OUT/$file.new" "$OUT/$file"; done
+ln -sfn "rootfs-$wanted.qcow2" "$OUT/rootfs.qcow2"
 echo "$wanted" >"$OUT/stamp"
-log "ready: $OUT ($(du -sh "$OUT/rootfs.qcow2" | cut -f1))"
+
+# Older bases go once no overlay is built on them any more.
+in_use=$(for overlay in "$OUT"/*.qcow2; do
+  [ -L "$overlay" ] || qemu-img info -U --output=json "$overlay" 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin).get("backing-filename", ""))'
+done)
+for base in "$OUT"/rootfs-*.qcow2; do
+  [ "$(basename "$base")" = "rootfs-$wanted.qcow2" ] && continue
+  grep -qF "$base" <<<"$in_use" || rm -f "$base"
+done
+log "ready: $OUT ($(du -shL "$OUT/rootfs.qcow2" | cut -f1))"

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
 
 FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/opt/virtscale/config/raw"
@@ -50,6 +51,7 @@ IPv6AcceptRA=no
 
 
 def main() -> int:
+    started = time.clock_gettime(time.CLOCK_BOOTTIME)
     subprocess.run(["modprobe", "qemu_fw_cfg"], check=False)
     try:
         with open(FW_CFG, encoding="utf-8") as handle:
@@ -82,7 +84,9 @@ def main() -> int:
         handle.write(network)
     egress = EGRESS.format(host=url.hostname, port=url.port or 5672)
     subprocess.run(["nft", "-f", "-"], input=egress, text=True, check=True)
-    print(f"virtscale-config: {config['name']}, egress only to {url.hostname}:{url.port or 5672}")
+    uptime = time.clock_gettime(time.CLOCK_BOOTTIME)
+    print(f"virtscale-config: {config['name']}, egress only to {url.hostname}:{url.port or 5672} "
+          f"(uptime {started:.1f} -> {uptime:.1f} s)")
     return 0
 
 
