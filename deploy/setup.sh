@@ -60,6 +60,12 @@ start_rabbitmq() {
 }
 
 start_libvirtd() {
+  # What udev does on a normal host: /dev/kvm for the kvm group (libvirt-qemu is in it).
+  # Without it libvirt sees KVM when it probes QEMU as root but not as the qemu user, counts
+  # its capability cache as outdated on every lookup, and each `virsh define` takes a minute.
+  if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+  fi
   mkdir -p /var/log/libvirt /var/run/libvirt
   pgrep -x virtlogd >/dev/null || { log "starting virtlogd"; virtlogd -d; }
   pgrep -x libvirtd >/dev/null || { log "starting libvirtd"; libvirtd -d; }

@@ -246,14 +246,17 @@ class Policy:
                 del self.failed[name]
 
     def _learn(self, obs: Observation, ready: list[VmView]) -> None:
-        """Per-VM throughput, learned only while the VMs are saturated (a queue is waiting),
-        because otherwise the ack rate measures the arrivals, not what a VM can do."""
-        if obs.ack_rate is None or not ready or obs.depth is None or obs.depth <= 2 * len(ready):
+        """What one fully busy VM acks per second: the ack rate divided by the busy share of
+        the ready VMs' CPU. Unlike the bare ack rate (which only measures the arrivals while the
+        pool keeps up) this holds at any load; a nearly idle pool measures too little to count."""
+        loads = [vm.cpu for vm in ready if vm.cpu is not None]
+        if obs.ack_rate is None or obs.ack_rate <= 0 or not ready or len(loads) < len(ready):
             return
-        if obs.ack_rate <= 0:
+        busy_vms = sum(loads) / 100.0
+        if busy_vms < 0.2 * len(ready):
             return
-        sample = obs.ack_rate / len(ready)
-        self.per_vm_rate = sample if self.per_vm_rate is None else 0.7 * self.per_vm_rate + 0.3 * sample
+        sample = obs.ack_rate / busy_vms
+        self.per_vm_rate = sample if self.per_vm_rate is None else 0.8 * self.per_vm_rate + 0.2 * sample
 
     def _floor(self, obs: Observation, current: int) -> int:
         """min_vms; with min_vms 0, one VM until the queue has been empty and quiet long enough."""

@@ -170,8 +170,8 @@ def test_cpu_rule_adds_a_vm_when_hot():
 
 def test_throughput_signal_uses_the_learned_per_vm_rate():
     policy = Policy(CONFIG)
-    vms = pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"], cpu=60.0)
-    policy.decide(observe(0, vms, depth=20, arrival=8.0, ack=10.0))  # saturated: learns 10/s
+    vms = pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"], cpu=50.0)
+    policy.decide(observe(0, vms, depth=0, arrival=5.0, ack=5.0))  # 5/s at half its CPU: 10/s
     assert policy.per_vm_rate == pytest.approx(10.0)
     decision = policy.decide(observe(11, vms, depth=20, arrival=25.0, ack=10.0))
     assert decision.signals["recommendations"]["throughput"] == 3  # 25 / (10 x 0.85)

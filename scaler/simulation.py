@@ -1,0 +1,259 @@
+"""A discrete-event model of the pool, driving the very same policy code as the live scaler.
+
+The world is replaced, not the policy: arrivals come from a load profile or trace (Poisson,
+seeded), VMs have `vcpus` slots that each hash one job in `service_time`, a started VM consumes
+after `boot_delay`, a stopped one finishes the jobs in hand and powers off `shutdown_delay`
+later, the queue is FIFO with prefetch 1 per slot, and the scaler ticks every `interval`
+seconds with the signals it would read live (depth, publish and ack rates, per-VM CPU% over
+its window, which VMs consume). Jobs are simulated one by one, but between two events the
+slot assignment is a heap walk, so a day at a few jobs per second runs in seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, VmView
+from virtscale.load import Rate
+
+
+@dataclass(frozen=True)
+class World:
+    #: Hashing slots per VM (vCPUs; the worker runs one slot per CPU).
+    vcpus: int = 1
+    #: Seconds one bcrypt hash takes in one slot.
+    service_time: float = 0.2
+    #: Seconds from domain start to its worker consuming.
+    boot_delay: float = 30.0
+    #: Seconds from the last job drained to the domain being off.
+    shutdown_delay: float = 3.0
+    #: Seconds between scaler ticks.
+    interval: float = 5.0
+    #: Seconds of CPU history the scaler averages.
+    window: float = 30.0
+    #: Seconds a job may wait in the queue (the SLO).
+    slo: float = 60.0
+    #: VMs the pool can have (vm-1..vm-N).
+    pool_size: int = 10
+    #: VMs already consuming at time 0.
+    initial_vms: int = 1
+
+
+@dataclass
+class SimResult:
+    policy: str
+    jobs: int
+    vm_seconds: float
+    work_vm_seconds: float
+    p50: float
+    p95: float
+    p99: float
+    max_backlog: int
+    slo_violation_seconds: float
+    scale_actions: int
+    #: Per tick: time, arrival rate, backlog, VMs up (booting + consuming + draining), consuming.
+    series: dict = field(default_factory=dict)
+
+    @property
+    def efficiency(self) -> float:
+        return self.work_vm_seconds / self.vm_seconds if self.vm_seconds else 0.0
+
+    @property
+    def meets_slo(self) -> bool:
+        return self.slo_violation_seconds == 0
+
+    def summary(self) -> dict:
+        return {
+            "policy": self.policy,
+            "jobs": self.jobs,
+            "vm_seconds": round(self.vm_seconds, 1),
+            "work_vm_seconds": round(self.work_vm_seconds, 1),
+            "efficiency": round(self.efficiency, 4),
+            "p50": round(self.p50, 3),
+            "p95": round(self.p95, 3),
+            "p99": round(self.p99, 3),
+            "max_backlog": self.max_backlog,
+            "slo_violation_seconds": round(self.slo_violation_seconds, 1),
+            "meets_slo": self.meets_slo,
+            "scale_actions": self.scale_actions,
+        }
+
+
+def arrivals_per_second(rate: Rate, length: float, seed: int) -> np.ndarray:
+    """Poisson arrival counts for each second of the run, from the rate function."""
+    rng = np.random.default_rng(seed)
+    seconds = np.arange(int(math.ceil(length)))
+    rates = np.array([max(0.0, rate(float(t) + 0.5)) for t in seconds])
+    return rng.poisson(rates)
+
+
+def arrival_times(counts: np.ndarray, seed: int) -> np.ndarray:
+    """Each second's arrivals spread uniformly within it, sorted."""
+    rng = np.random.default_rng(seed + 1)
+    seconds = np.repeat(np.arange(len(counts), dtype=float), counts)
+    return np.sort(seconds + rng.random(len(seconds)))
+
+
+class _Vm:
+    """One simulated domain."""
+
+    __slots__ = ("name", "state", "started_at", "ready_at", "off_at", "draining", "ends", "busy", "busy_sum")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.state = "shutoff"
+        self.started_at = 0.0
+        self.ready_at = math.inf
+        self.off_at = math.inf
+        self.draining = False
+        self.ends: collections.deque[float] = collections.deque()  # end times of jobs in service
+        self.busy: collections.deque[float] = collections.deque()  # start times inside the CPU window
+        self.busy_sum = 0.0
+
+    def consuming(self, at: float) -> bool:
+        return self.state == "running" and not self.draining and self.ready_at <= at
+
+    def boot(self, at: float, boot_delay: float) -> None:
+        self.state, self.started_at, self.draining = "running", at, False
+        self.ready_at, self.off_at = at + boot_delay, math.inf
+        self.busy.clear()
+        self.busy_sum = 0.0
+
+
+def simulate(policy: Policy, world: World, arrivals: np.ndarray, *, horizon: float | None = None) -> SimResult:
+    """Run ``policy`` against ``arrivals`` (sorted times) until every job is served."""
+    vms = [_Vm(f"vm-{index}") for index in range(1, world.pool_size + 1)]
+    service = world.service_time
+    free_slots: list[tuple[float, int]] = []  # (free from, vm index), consuming VMs only
+    for index in range(world.initial_vms):
+        vms[index].boot(-world.boot_delay, world.boot_delay)
+        vms[index].started_at = 0.0
+        for _ in range(world.vcpus):
+            heapq.heappush(free_slots, (0.0, index))
+    booting: list[tuple[float, int]] = []  # (ready at, vm index)
+    starts = np.full(len(arrivals), np.nan)
+    next_job = 0  # every job before it has started
+    vm_seconds = 0.0
+    actions_taken = 0
+    max_backlog = 0
+    series: dict[str, list] = {"time": [], "rate": [], "backlog": [], "vms": [], "consuming": []}
+    horizon = max(horizon or 0.0, float(arrivals[-1]) if len(arrivals) else 0.0)
+
+    def serve_until(until: float) -> None:
+        """Start jobs on free slots, FIFO, for every start before ``until``."""
+        nonlocal next_job
+        while next_job < len(arrivals) and free_slots:
+            free_at, index = free_slots[0]
+            vm = vms[index]
+            if not vm.consuming(free_at if free_at > vm.ready_at else vm.ready_at):
+                heapq.heappop(free_slots)  # draining or gone: the slot takes nothing new
+                continue
+            start = max(free_at, float(arrivals[next_job]))
+            if start >= until:
+                return
+            heapq.heapreplace(free_slots, (start + service, index))
+            starts[next_job] = start
+            next_job += 1
+            vm.ends.append(start + service)
+            vm.busy.append(start)
+            vm.busy_sum += service
+
+    tick = 0
+    previous = 0.0
+    served_before = 0
+    while True:
+        clock = tick * world.interval
+        # Boots that complete before this tick open their slots at their own moment.
+        for ready_at, index in sorted(booting):
+            if ready_at <= clock:
+                serve_until(ready_at)
+                for _ in range(world.vcpus):
+                    heapq.heappush(free_slots, (ready_at, index))
+        booting = [(at, index) for at, index in booting if at > clock]
+        serve_until(clock)
+        for vm in vms:
+            while vm.ends and vm.ends[0] <= clock:
+                vm.ends.popleft()
+            while vm.busy and vm.busy[0] < clock - world.window:
+                vm.busy.popleft()
+                vm.busy_sum -= service
+            if vm.draining and vm.state == "running" and not vm.ends:
+                vm.state, vm.off_at = "shutting-down", clock + world.shutdown_delay
+            if vm.state == "shutting-down" and vm.off_at <= clock:
+                vm.state, vm.draining = "shutoff", False
+                vm_seconds += vm.off_at - vm.started_at
+        arrived_by_now = int(np.searchsorted(arrivals, clock))
+        waiting = max(0, arrived_by_now - next_job)
+        depth = waiting + sum(len(vm.ends) for vm in vms)
+        max_backlog = max(max_backlog, waiting)
+        span = clock - previous if tick else 1.0
+        arrived = arrived_by_now - int(np.searchsorted(arrivals, previous)) if tick else 0
+        views = []
+        for vm in vms:
+            cpu = None
+            if vm.consuming(clock) and clock - vm.ready_at >= world.interval:
+                observed = min(world.window, clock - vm.ready_at)
+                cpu = min(100.0, 100.0 * max(vm.busy_sum, 0.0) / (observed * world.vcpus))
+            views.append(VmView(vm.name, vm.state, cpu, vm.consuming(clock)))
+        observation = Observation(now=clock, depth=depth, arrival_rate=arrived / span,
+                                  ack_rate=(next_job - served_before) / span, vms=tuple(views))
+        served_before = next_job
+        for action in policy.decide(observation).actions:
+            index = next(i for i, vm in enumerate(vms) if vm.name == action.domain)
+            vm = vms[index]
+            if action.action == START and vm.state == "shutoff":
+                vm.boot(clock, world.boot_delay)
+                booting.append((vm.ready_at, index))
+                actions_taken += 1
+            elif action.action in (SHUTDOWN, DESTROY) and vm.state == "running":
+                vm.draining = True
+                if vm.ready_at > clock:  # still booting: nothing to drain
+                    booting = [(at, i) for at, i in booting if i != index]
+                    vm.state, vm.off_at = "shutting-down", clock + world.shutdown_delay
+                actions_taken += 1
+        series["time"].append(clock)
+        series["rate"].append(arrived / span)
+        series["backlog"].append(waiting)
+        series["vms"].append(sum(1 for vm in vms if vm.state != "shutoff"))
+        series["consuming"].append(sum(1 for view in views if view.consuming))
+        if next_job >= len(arrivals) and clock >= horizon:
+            break
+        previous = clock
+        tick += 1
+    for vm in vms:
+        if vm.state != "shutoff":
+            vm_seconds += clock - vm.started_at
+    latencies = starts - arrivals + service
+    percentiles = np.percentile(latencies, [50, 95, 99]) if len(latencies) else np.zeros(3)
+    return SimResult(
+        policy=policy.name,
+        jobs=len(arrivals),
+        vm_seconds=vm_seconds,
+        work_vm_seconds=len(arrivals) * service / world.vcpus,
+        p50=float(percentiles[0]),
+        p95=float(percentiles[1]),
+        p99=float(percentiles[2]),
+        max_backlog=max_backlog,
+        slo_violation_seconds=slo_violation_seconds(arrivals, starts, world.slo),
+        scale_actions=actions_taken,
+        series=series,
+    )
+
+
+def slo_violation_seconds(arrivals: np.ndarray, starts: np.ndarray, slo: float) -> float:
+    """Seconds during which the oldest waiting job had waited longer than ``slo``.
+
+    Job i makes the interval (arrival_i + slo, start_i) a violation. FIFO makes both ends
+    non-decreasing in i, so the union's length is one pass: each interval counts from where
+    the previous one ended."""
+    if not len(arrivals):
+        return 0.0
+    begins = arrivals + slo
+    ends = starts
+    previous_end = np.concatenate([[-np.inf], np.maximum.accumulate(ends)[:-1]])
+    return float(np.clip(ends - np.maximum(begins, previous_end), 0.0, None).sum())
