@@ -67,6 +67,9 @@ test-unit: setup
 bench: broker
 	$(BIN)/python -m bench $(ARGS)
 
+bench-policy: setup
+	$(BIN)/python -m bench policy
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

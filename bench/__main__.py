@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.worker_efficiency()
         elif name == "producer":
             pipeline.producer_efficiency()
+        elif name == "policy":
+            from bench import policy
+
+            policy.run()
         elif name == "scaler":
             try:
                 from bench import scaler_tick

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import select
 import signal
 import subprocess
@@ -28,8 +27,12 @@ OUT = ROOT / "var" / "demo"
 
 
 def credentials(user: str) -> list[str]:
-    return ["--amqp-url", f"amqp://{user}@127.0.0.1:5672/%2F",
-            "--password-file", str(ROOT / "var" / "secrets" / user)]
+    return [
+        "--amqp-url",
+        f"amqp://{user}@127.0.0.1:5672/%2F",
+        "--password-file",
+        str(ROOT / "var" / "secrets" / user),
+    ]
 
 
 def read_events(path: Path) -> list[dict]:
@@ -46,8 +49,10 @@ def live_line(event: dict, started: float) -> str:
         for name, d in sorted(event["domains"].items())
     )
     actions = ", ".join(f"{a['action']} {a['domain']}" for a in event["actions"])
-    return (f"{event['time'] - started:6.0f}s depth {event['depth'] if event['depth'] is not None else '?':>5} "
-            f"desired {event['desired']}  {vms}" + (f"  -> {actions}" if actions else ""))
+    return (
+        f"{event['time'] - started:6.0f}s depth {event['depth'] if event['depth'] is not None else '?':>5} "
+        f"desired {event['desired']}  {vms}" + (f"  -> {actions}" if actions else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     children: dict[str, subprocess.Popen] = {}
 
     def start(name: str, command: list[str]) -> subprocess.Popen:
-        children[name] = subprocess.Popen(command, stdout=logs[name], stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, cwd=ROOT)
+        children[name] = subprocess.Popen(
+            command, stdout=logs[name], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
+        )
         return children[name]
 
     stopping = False
@@ -82,11 +88,41 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     start("collector", [str(BIN / "virtscale-collector"), "run", *credentials("collector"), "--store", store])
-    start("scaler", [str(BIN / "virtscale-scaler"), "run", *credentials("scaler"), "--connect", "qemu:///system",
-                     "--pool", "vm-*", "--min", "1", "--max", str(args.vms), "--interval", "2",
-                     "--target-backlog", "40", "--max-start-per-tick", "1", "--scale-up-cooldown", "25",
-                     "--scale-down-stabilization", "30", "--boot-timeout", "150", "--drain-timeout", "60",
-                     "--events", str(events_path), "--metrics-port", "9477", "--shutdown-on-exit"])
+    start(
+        "scaler",
+        [
+            str(BIN / "virtscale-scaler"),
+            "run",
+            *credentials("scaler"),
+            "--connect",
+            "qemu:///system",
+            "--pool",
+            "vm-*",
+            "--min",
+            "1",
+            "--max",
+            str(args.vms),
+            "--interval",
+            "2",
+            "--target-backlog",
+            "40",
+            "--max-start-per-tick",
+            "1",
+            "--scale-up-cooldown",
+            "25",
+            "--scale-down-stabilization",
+            "30",
+            "--boot-timeout",
+            "150",
+            "--drain-timeout",
+            "60",
+            "--events",
+            str(events_path),
+            "--metrics-port",
+            "9477",
+            "--shutdown-on-exit",
+        ],
+    )
     print(f"demo: collector and scaler started (logs in {OUT}); the scaler boots vm-1 first.")
     print("demo: type 'terminate' (or Ctrl-C) to stop everything.\n")
     started = time.time()
@@ -102,18 +138,45 @@ def main(argv: list[str] | None = None) -> int:
             if events and events[-1] is not last_printed:
                 last_printed = events[-1]
                 print(live_line(events[-1], started), flush=True)
-            if not producer_started and events and any(d.get("consuming") for d in events[-1]["domains"].values()):
-                start("producer", [str(BIN / "virtscale-producer"), *credentials("producer"), "--profile", "step",
-                                   "--base", str(args.base), "--peak", str(args.peak), "--start",
-                                   str(args.step_start), "--duration", str(args.step_length), "--seed", "1"])
+            if (
+                not producer_started
+                and events
+                and any(d.get("consuming") for d in events[-1]["domains"].values())
+            ):
+                start(
+                    "producer",
+                    [
+                        str(BIN / "virtscale-producer"),
+                        *credentials("producer"),
+                        "--profile",
+                        "step",
+                        "--base",
+                        str(args.base),
+                        "--peak",
+                        str(args.peak),
+                        "--start",
+                        str(args.step_start),
+                        "--duration",
+                        str(args.step_length),
+                        "--seed",
+                        "1",
+                    ],
+                )
                 producer_started = time.time()
-                print(f"demo: producer started: {args.base:g}/s, then {args.peak:g}/s for {args.step_length:g} s, "
-                      f"then {args.base:g}/s")
+                print(
+                    f"demo: producer started: {args.base:g}/s, then {args.peak:g}/s for {args.step_length:g} s, "
+                    f"then {args.base:g}/s"
+                )
             if producer_started and children["producer"].poll() is not None and events:
                 last = events[-1]
                 running = [n for n, d in last["domains"].items() if d["state"] == "running"]
-                if last["depth"] == 0 and len(running) == 1 and any(
-                        len([1 for d in e["domains"].values() if d["state"] == "running"]) > 1 for e in events):
+                if (
+                    last["depth"] == 0
+                    and len(running) == 1
+                    and any(
+                        len([1 for d in e["domains"].values() if d["state"] == "running"]) > 1 for e in events
+                    )
+                ):
                     print("demo: load served and the pool is back to one VM")
                     result = 0
                     break
@@ -139,22 +202,32 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarize(events_path: Path, store: str, started: float) -> None:
     events = read_events(events_path)
-    producer_log = (OUT / "producer.log").read_text(errors="replace") if (OUT / "producer.log").exists() else ""
+    producer_log = (
+        (OUT / "producer.log").read_text(errors="replace") if (OUT / "producer.log").exists() else ""
+    )
     produced = next((line for line in producer_log.splitlines() if line.startswith("confirmed ")), "not run")
-    stats = subprocess.run([str(BIN / "virtscale-collector"), "stats", "--store", store, *credentials("scaler")],
-                           capture_output=True, text=True, cwd=ROOT)
+    stats = subprocess.run(
+        [str(BIN / "virtscale-collector"), "stats", "--store", store, *credentials("scaler")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     print("\n=== summary ===")
     print(f"produced: {produced}")
     if stats.returncode == 0:
         figures = json.loads(stats.stdout)
-        print(f"stored: {figures['stored']} (duplicates ignored {figures['duplicates_ignored']}), "
-              f"dead-lettered: {figures['dead_lettered']}")
+        print(
+            f"stored: {figures['stored']} (duplicates ignored {figures['duplicates_ignored']}), "
+            f"dead-lettered: {figures['dead_lettered']}"
+        )
         print(f"latency produced -> hashed: {figures['latency_seconds']}")
         print(f"per VM: {figures['per_worker']}")
     print("VM timeline:")
     for event in events:
         for action in event["actions"]:
-            print(f"  {event['time'] - started:6.0f}s  {action['action']:<8} {action['domain']}  ({event['reason'][:90]})")
+            print(
+                f"  {event['time'] - started:6.0f}s  {action['action']:<8} {action['domain']}  ({event['reason'][:90]})"
+            )
     if events:
         plot_events(events, str(OUT / "demo.png"), "virtscale demo: queue depth, VMs, CPU per VM")
         print(f"plot: {OUT / 'demo.png'}")

@@ -38,12 +38,24 @@ def probe_domain_type(cache: Path, timeout: float = 20.0) -> str:
         return cache.read_text().strip()
     domain_type = "qemu"
     if os.path.exists("/dev/kvm"):
-        command = ["qemu-system-x86_64", "-accel", "kvm", "-m", "256", "-nographic", "-no-reboot",
-                   "-kernel", str(IMAGE_DIR / "vmlinuz"), "-append", "console=ttyS0 panic=-1"]
+        command = [
+            "qemu-system-x86_64",
+            "-accel",
+            "kvm",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+            str(IMAGE_DIR / "vmlinuz"),
+            "-append",
+            "console=ttyS0 panic=-1",
+        ]
         started = time.monotonic()
         try:
-            output = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                    stdin=subprocess.DEVNULL).stdout
+            output = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            ).stdout
             if "Kernel panic" in output or "Unable to mount root" in output:
                 domain_type = "kvm"
         except subprocess.TimeoutExpired:
@@ -57,8 +69,9 @@ def probe_domain_type(cache: Path, timeout: float = 20.0) -> str:
 def backing_file(disk: Path) -> str | None:
     if not disk.exists():
         return None
-    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True,
-                          text=True, check=False)
+    info = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True, text=True, check=False
+    )
     return json.loads(info.stdout).get("backing-filename") if info.returncode == 0 else None
 
 
@@ -66,13 +79,24 @@ def render(name: str, args: argparse.Namespace, domain_type: str, uuid: str | No
     if args.network == "user":
         interface = '<interface type="user"><model type="virtio"/></interface>'
     else:
-        interface = f'<interface type="network"><source network="{args.network}"/><model type="virtio"/></interface>'
+        interface = (
+            f'<interface type="network"><source network="{args.network}"/><model type="virtio"/></interface>'
+        )
     cpu = '<cpu mode="host-passthrough"/>' if domain_type == "kvm" else ""
     template = string.Template((HERE / "domain.xml.in").read_text())
     return template.substitute(
-        name=name, uuid=f"<uuid>{uuid}</uuid>" if uuid else "", domain_type=domain_type, pool=args.pool, memory_mib=args.memory, vcpus=args.vcpus,
-        image_dir=IMAGE_DIR, config_file=IMAGE_DIR / f"{name}.json", disk=IMAGE_DIR / f"{name}.qcow2",
-        interface=interface, cpu=cpu, console_log=CONSOLE_DIR / f"{name}.console.log",
+        name=name,
+        uuid=f"<uuid>{uuid}</uuid>" if uuid else "",
+        domain_type=domain_type,
+        pool=args.pool,
+        memory_mib=args.memory,
+        vcpus=args.vcpus,
+        image_dir=IMAGE_DIR,
+        config_file=IMAGE_DIR / f"{name}.json",
+        disk=IMAGE_DIR / f"{name}.qcow2",
+        interface=interface,
+        cpu=cpu,
+        console_log=CONSOLE_DIR / f"{name}.console.log",
     )
 
 
@@ -120,8 +144,10 @@ def define(connection: libvirt.virConnect, args: argparse.Namespace) -> None:
         if args.fresh_disks or backing_file(disk) != str(base):
             # A new overlay on the current base (the old one, if any, was on an older base).
             disk.unlink(missing_ok=True)
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
-                            str(disk)], check=True)
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(disk)],
+                check=True,
+            )
         write_settings(name, args)
         # Redefining keeps the UUID: libvirt refuses a second domain of the same name.
         uuid = existing.UUIDString() if existing is not None else None
@@ -132,7 +158,7 @@ def define(connection: libvirt.virConnect, args: argparse.Namespace) -> None:
 def undefine(connection: libvirt.virConnect, args: argparse.Namespace) -> None:
     for domain in connection.listAllDomains():
         name = domain.name()
-        if not (name.startswith(args.prefix) and name[len(args.prefix):].isdigit()):
+        if not (name.startswith(args.prefix) and name[len(args.prefix) :].isdigit()):
             continue
         if domain.isActive():
             domain.destroy()
@@ -149,12 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=3)
     parser.add_argument("--prefix", default="vm-", help="names are PREFIX1..PREFIXN (default: vm-)")
     parser.add_argument("--pool", default="vm-*")
-    parser.add_argument("--domain-type", choices=["auto", "kvm", "qemu"], default="auto",
-                        help="auto = kvm only if a timed probe boot under KVM succeeds")
-    parser.add_argument("--network", default="user",
-                        help="'user' (QEMU user-mode, broker at 10.0.2.2) or a libvirt network name")
-    parser.add_argument("--broker-host", default="192.168.122.1",
-                        help="broker address as the guests see it on a libvirt network")
+    parser.add_argument(
+        "--domain-type",
+        choices=["auto", "kvm", "qemu"],
+        default="auto",
+        help="auto = kvm only if a timed probe boot under KVM succeeds",
+    )
+    parser.add_argument(
+        "--network",
+        default="user",
+        help="'user' (QEMU user-mode, broker at 10.0.2.2) or a libvirt network name",
+    )
+    parser.add_argument(
+        "--broker-host",
+        default="192.168.122.1",
+        help="broker address as the guests see it on a libvirt network",
+    )
     parser.add_argument("--broker-port", type=int, default=5672)
     parser.add_argument("--user", default="worker")
     parser.add_argument("--password-file", default="var/secrets/worker")

@@ -21,8 +21,15 @@ class OriginalPolicy(Policy):
     WINDOW = 30.0
 
     def __init__(self, config: PolicyConfig):
-        super().__init__(replace(config, scale_up_cooldown=self.WINDOW, scale_down_stabilization=0.0,
-                                 max_start_per_tick=1, max_start_percent=0.0))
+        super().__init__(
+            replace(
+                config,
+                scale_up_cooldown=self.WINDOW,
+                scale_down_stabilization=0.0,
+                max_start_per_tick=1,
+                max_start_percent=0.0,
+            )
+        )
         self._last_decision = -math.inf
 
     def recommend(self, obs: Observation, ready: list[VmView], current: int) -> dict[str, int | None]:
@@ -91,14 +98,24 @@ class OraclePolicy(Policy):
 
     name = "oracle"
 
-    def __init__(self, config: PolicyConfig, *, arrivals_per_second, slo: float, service_time: float,
-                 vcpus: int, boot_delay: float, interval: float):
+    def __init__(
+        self,
+        config: PolicyConfig,
+        *,
+        arrivals_per_second,
+        slo: float,
+        service_time: float,
+        vcpus: int,
+        boot_delay: float,
+        interval: float,
+    ):
         import numpy as np
 
-        super().__init__(replace(config, scale_up_cooldown=0.0, scale_down_stabilization=0.0,
-                                 max_start_per_tick=1 << 20))
+        super().__init__(
+            replace(config, scale_up_cooldown=0.0, scale_down_stabilization=0.0, max_start_per_tick=1 << 20)
+        )
         counts = np.asarray(arrivals_per_second, dtype=float)
-        window = max(1, int(round(slo)))
+        window = max(1, int(round(slo / 2)))
         cumulative = np.concatenate([[0.0], np.cumsum(counts)])
         ends = np.minimum(np.arange(len(counts)) + window, len(counts))
         per_window = cumulative[ends] - cumulative[: len(counts)]
@@ -112,5 +129,5 @@ class OraclePolicy(Policy):
         if start >= len(self._needed):
             return {"oracle": 0}
         # A VM that would still be booting now is capacity the coming interval needs too.
-        now_needed = self._needed[int(obs.now): stop]
+        now_needed = self._needed[int(obs.now) : stop]
         return {"oracle": int(now_needed.max()) if len(now_needed) else 0}

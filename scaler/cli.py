@@ -63,10 +63,17 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         "--max", dest="max_vms", type=positive_int, default=d.max_vms, help="most VMs (default: %(default)s)"
     )
     group.add_argument(
+        "--slo",
+        type=positive_float,
+        default=d.slo,
+        help="seconds a job may wait; the backlog signal plans for it (default: %(default)s)",
+    )
+    group.add_argument(
         "--target-backlog",
         type=positive_float,
         default=d.target_backlog,
-        help="waiting jobs per VM before another is wanted (default: %(default)s)",
+        help="waiting jobs per VM before another is wanted, until a VM's throughput is measured "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--cpu-high",
@@ -79,12 +86,6 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         type=percent,
         default=d.cpu_low,
         help="mean CPU%% below which a VM is removed (default: %(default)s)",
-    )
-    group.add_argument(
-        "--target-utilisation",
-        type=positive_float,
-        default=d.target_utilisation,
-        help="throughput signal plans VMs for this load factor (default: %(default)s)",
     )
     group.add_argument(
         "--scale-up-cooldown",
@@ -143,7 +144,7 @@ def policy_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         target_backlog=args.target_backlog,
         cpu_high=args.cpu_high,
         cpu_low=args.cpu_low,
-        target_utilisation=args.target_utilisation,
+        slo=args.slo,
         scale_up_cooldown=args.scale_up_cooldown,
         scale_down_stabilization=args.scale_down_stabilization,
         boot_timeout=args.boot_timeout,

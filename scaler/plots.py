@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_events(events: list[dict], path: str, title: str = "virtscale run") -> None:
@@ -23,14 +23,18 @@ def plot_events(events: list[dict], path: str, title: str = "virtscale run") -> 
     ax_depth.set_ylabel("queue depth\n(ready + unacked)")
     ax_vms.step(times, running, where="post", label="running", color="tab:blue")
     ax_vms.step(times, consuming, where="post", label="consuming", color="tab:green", linestyle="--")
-    ax_vms.step(times, [event["desired"] for event in events], where="post", label="desired",
-                color="tab:gray", linestyle=":")
+    ax_vms.step(
+        times,
+        [event["desired"] for event in events],
+        where="post",
+        label="desired",
+        color="tab:gray",
+        linestyle=":",
+    )
     ax_vms.set_ylabel("VMs")
     ax_vms.legend(loc="upper right")
     for name in names:
-        cpu = [
-            (event["domains"].get(name) or {}).get("cpu") for event in events
-        ]
+        cpu = [(event["domains"].get(name) or {}).get("cpu") for event in events]
         ax_cpu.plot(times, [float("nan") if value is None else value for value in cpu], label=name)
     ax_cpu.set_ylabel("CPU % per VM")
     ax_cpu.set_ylim(0, 105)
@@ -39,8 +43,14 @@ def plot_events(events: list[dict], path: str, title: str = "virtscale run") -> 
         ax_cpu.legend(loc="upper right", ncol=min(len(names), 4))
     for event in events:
         for action in event["actions"]:
-            ax_vms.annotate(f"{action['action']} {action['domain']}", (event["time"] - start, 0),
-                            rotation=90, fontsize=7, va="bottom", color="dimgray")
+            ax_vms.annotate(
+                f"{action['action']} {action['domain']}",
+                (event["time"] - start, 0),
+                rotation=90,
+                fontsize=7,
+                va="bottom",
+                color="dimgray",
+            )
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -27,8 +27,9 @@ STANDARD_PROFILES = {
     "ramp": ProfileSpec(kind="ramp", base=1, peak=25, start=900, duration=600, length=3000),
     "spike": ProfileSpec(kind="spike", base=2, peak=30, start=600, duration=60, length=1800),
     "sine": ProfileSpec(kind="sine", base=1, peak=20, period=1800, length=7200),
-    "bursty": ProfileSpec(kind="bursty", base=2, peak=25, start=120, duration=90, period=600, seed=7,
-                          length=7200),
+    "bursty": ProfileSpec(
+        kind="bursty", base=2, peak=25, start=120, duration=90, period=600, seed=7, length=7200
+    ),
 }
 
 #: Calibration from measured runs on this kind of machine (see README, "Policy lab"):
@@ -42,25 +43,52 @@ def add_simulate_parser(commands) -> None:
 
     parser = commands.add_parser("simulate", help="replay load against a policy, offline")
     add_policy_options(parser)
-    parser.add_argument("--policy", choices=(*POLICIES, "all"), default="default",
-                        help="policy to run, or all of them (default: %(default)s)")
+    parser.add_argument(
+        "--policy",
+        choices=(*POLICIES, "all"),
+        default="default",
+        help="policy to run, or all of them (default: %(default)s)",
+    )
     parser.add_argument("--vcpus", type=positive_int, default=1, help="slots per VM (default: %(default)s)")
-    parser.add_argument("--service-time", type=positive_float, default=SERVICE_TIME,
-                        help="seconds per job per slot (default: %(default)s, measured)")
-    parser.add_argument("--boot-delay", type=positive_float, default=BOOT_DELAY,
-                        help="seconds from start to consuming (default: %(default)s, measured)")
-    parser.add_argument("--shutdown-delay", type=positive_float, default=3.0,
-                        help="seconds from drained to off (default: %(default)s)")
-    parser.add_argument("--slo", type=positive_float, default=60.0,
-                        help="seconds a job may wait (default: %(default)s)")
+    parser.add_argument(
+        "--service-time",
+        type=positive_float,
+        default=SERVICE_TIME,
+        help="seconds per job per slot (default: %(default)s, measured)",
+    )
+    parser.add_argument(
+        "--boot-delay",
+        type=positive_float,
+        default=BOOT_DELAY,
+        help="seconds from start to consuming (default: %(default)s, measured)",
+    )
+    parser.add_argument(
+        "--shutdown-delay",
+        type=positive_float,
+        default=3.0,
+        help="seconds from drained to off (default: %(default)s)",
+    )
     parser.add_argument("--initial-vms", type=non_negative_int, help="VMs up at time 0 (default: --min)")
     load = parser.add_argument_group("load")
-    load.add_argument("--profile", choices=PROFILES, default="step",
-                      help="built-in load profile (default: %(default)s, with the standard parameters)")
-    for name, kind in (("base", float), ("peak", float), ("start", float), ("duration", float),
-                       ("period", float), ("length", float)):
-        load.add_argument(f"--{name}", type=positive_float if kind is float else int,
-                          help=f"profile {name} (default: the standard profile's)")
+    load.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="step",
+        help="built-in load profile (default: %(default)s, with the standard parameters)",
+    )
+    for name, kind in (
+        ("base", float),
+        ("peak", float),
+        ("start", float),
+        ("duration", float),
+        ("period", float),
+        ("length", float),
+    ):
+        load.add_argument(
+            f"--{name}",
+            type=positive_float if kind is float else int,
+            help=f"profile {name} (default: the standard profile's)",
+        )
     load.add_argument("--trace", metavar="FILE.csv", help="replay a trace with header time,rate instead")
     parser.add_argument("--seed", type=int, default=1, help="seed for arrivals (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object (a list with --policy all)")
@@ -81,8 +109,15 @@ def make_policy(name: str, config: PolicyConfig, world: World, counts) -> Policy
         return KedaPolicy(config, slo=world.slo, service_time=world.service_time, vcpus=world.vcpus)
     if name == "hpa-cpu":
         return HpaCpuPolicy(config)
-    return OraclePolicy(config, arrivals_per_second=counts, slo=world.slo, service_time=world.service_time,
-                        vcpus=world.vcpus, boot_delay=world.boot_delay, interval=world.interval)
+    return OraclePolicy(
+        config,
+        arrivals_per_second=counts,
+        slo=world.slo,
+        service_time=world.service_time,
+        vcpus=world.vcpus,
+        boot_delay=world.boot_delay,
+        interval=world.interval,
+    )
 
 
 def load_from(parser: argparse.ArgumentParser, args: argparse.Namespace):
@@ -94,8 +129,11 @@ def load_from(parser: argparse.ArgumentParser, args: argparse.Namespace):
             parser.error(str(exc))
         return rate, (args.length or length), args.trace
     spec = STANDARD_PROFILES.get(args.profile, ProfileSpec(kind=args.profile))
-    overrides = {name: getattr(args, name) for name in ("base", "peak", "start", "duration", "period", "length")
-                 if getattr(args, name) is not None}
+    overrides = {
+        name: getattr(args, name)
+        for name in ("base", "peak", "start", "duration", "period", "length")
+        if getattr(args, name) is not None
+    }
     spec = replace(spec, kind=args.profile, seed=args.seed, **overrides)
     return profile_rate(spec), spec.length, args.profile
 
@@ -106,16 +144,24 @@ def run_simulation(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     from scaler.cli import policy_config
 
     config = policy_config(parser, args)
-    world = World(vcpus=args.vcpus, service_time=args.service_time, boot_delay=args.boot_delay,
-                  shutdown_delay=args.shutdown_delay, interval=args.interval, window=args.window,
-                  slo=args.slo, pool_size=config.max_vms,
-                  initial_vms=config.min_vms if args.initial_vms is None else args.initial_vms)
+    world = World(
+        vcpus=args.vcpus,
+        service_time=args.service_time,
+        boot_delay=args.boot_delay,
+        shutdown_delay=args.shutdown_delay,
+        interval=args.interval,
+        window=args.window,
+        slo=config.slo,
+        pool_size=config.max_vms,
+        initial_vms=config.min_vms if args.initial_vms is None else args.initial_vms,
+    )
     rate, length, label = load_from(parser, args)
     counts = arrivals_per_second(rate, length, args.seed)
     arrivals = arrival_times(counts, args.seed)
     names = POLICIES if args.policy == "all" else (args.policy,)
-    results = [simulate(make_policy(name, config, world, counts), world, arrivals, horizon=length)
-               for name in names]
+    results = [
+        simulate(make_policy(name, config, world, counts), world, arrivals, horizon=length) for name in names
+    ]
     summaries = [{"load": label, **result.summary()} for result in results]
     if args.json:
         print(json.dumps(summaries if args.policy == "all" else summaries[0]))
@@ -128,13 +174,35 @@ def run_simulation(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return 0
 
 
-COLUMNS = ("load", "policy", "vm_seconds", "work_vm_seconds", "efficiency", "p50", "p95", "p99",
-           "max_backlog", "slo_violation_seconds", "scale_actions")
+COLUMNS = (
+    "load",
+    "policy",
+    "vm_seconds",
+    "work_vm_seconds",
+    "efficiency",
+    "p50",
+    "p95",
+    "p99",
+    "max_backlog",
+    "slo_violation_seconds",
+    "scale_actions",
+)
 
 
 def table(rows: list[dict]) -> str:
-    headers = ["load", "policy", "VM-s", "work VM-s", "effic.", "p50 s", "p95 s", "p99 s", "max backlog",
-               "SLO viol. s", "actions"]
+    headers = [
+        "load",
+        "policy",
+        "VM-s",
+        "work VM-s",
+        "effic.",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "max backlog",
+        "SLO viol. s",
+        "actions",
+    ]
     lines = [" ".join(f"{h:>11}" for h in headers)]
     for row in rows:
         lines.append(" ".join(f"{_cell(row[c]):>11}" for c in COLUMNS))

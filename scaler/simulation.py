@@ -102,7 +102,7 @@ def arrival_times(counts: np.ndarray, seed: int) -> np.ndarray:
 class _Vm:
     """One simulated domain."""
 
-    __slots__ = ("name", "state", "started_at", "ready_at", "off_at", "draining", "ends", "busy", "busy_sum")
+    __slots__ = ("busy", "busy_sum", "draining", "ends", "name", "off_at", "ready_at", "started_at", "state")
 
     def __init__(self, name: str):
         self.name = name
@@ -125,7 +125,9 @@ class _Vm:
         self.busy_sum = 0.0
 
 
-def simulate(policy: Policy, world: World, arrivals: np.ndarray, *, horizon: float | None = None) -> SimResult:
+def simulate(
+    policy: Policy, world: World, arrivals: np.ndarray, *, horizon: float | None = None
+) -> SimResult:
     """Run ``policy`` against ``arrivals`` (sorted times) until every job is served."""
     vms = [_Vm(f"vm-{index}") for index in range(1, world.pool_size + 1)]
     service = world.service_time
@@ -200,8 +202,13 @@ def simulate(policy: Policy, world: World, arrivals: np.ndarray, *, horizon: flo
                 observed = min(world.window, clock - vm.ready_at)
                 cpu = min(100.0, 100.0 * max(vm.busy_sum, 0.0) / (observed * world.vcpus))
             views.append(VmView(vm.name, vm.state, cpu, vm.consuming(clock)))
-        observation = Observation(now=clock, depth=depth, arrival_rate=arrived / span,
-                                  ack_rate=(next_job - served_before) / span, vms=tuple(views))
+        observation = Observation(
+            now=clock,
+            depth=depth,
+            arrival_rate=arrived / span,
+            ack_rate=(next_job - served_before) / span,
+            vms=tuple(views),
+        )
         served_before = next_job
         for action in policy.decide(observation).actions:
             index = next(i for i, vm in enumerate(vms) if vm.name == action.domain)

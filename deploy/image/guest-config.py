@@ -58,8 +58,9 @@ def main() -> int:
             config = json.load(handle)
     except (OSError, ValueError) as exc:
         # No settings: keep everything closed rather than run with guesses.
-        subprocess.run(["nft", "-f", "-"], input=EGRESS.format(host="127.0.0.1", port=1), text=True,
-                       check=False)
+        subprocess.run(
+            ["nft", "-f", "-"], input=EGRESS.format(host="127.0.0.1", port=1), text=True, check=False
+        )
         print(f"virtscale-config: no usable settings in fw_cfg: {exc}", file=sys.stderr)
         return 1
     url = urllib.parse.urlsplit(config["amqp_url"])
@@ -85,8 +86,10 @@ def main() -> int:
     egress = EGRESS.format(host=url.hostname, port=url.port or 5672)
     subprocess.run(["nft", "-f", "-"], input=egress, text=True, check=True)
     uptime = time.clock_gettime(time.CLOCK_BOOTTIME)
-    print(f"virtscale-config: {config['name']}, egress only to {url.hostname}:{url.port or 5672} "
-          f"(uptime {started:.1f} -> {uptime:.1f} s)")
+    print(
+        f"virtscale-config: {config['name']}, egress only to {url.hostname}:{url.port or 5672} "
+        f"(uptime {started:.1f} -> {uptime:.1f} s)"
+    )
     return 0
 
 

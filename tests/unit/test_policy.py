@@ -174,8 +174,11 @@ def test_throughput_signal_uses_the_learned_per_vm_rate():
     policy.decide(observe(0, vms, depth=0, arrival=5.0, ack=5.0))  # 5/s at half its CPU: 10/s
     assert policy.per_vm_rate == pytest.approx(10.0)
     decision = policy.decide(observe(11, vms, depth=20, arrival=25.0, ack=10.0))
-    assert decision.signals["recommendations"]["throughput"] == 3  # 25 / (10 x 0.85)
-    assert [a.domain for a in decision.actions] == ["vm-2", "vm-3"]
+    # 25 jobs/s keep floor(25 / 12) = 2 VMs busy (the EWMA moved to 12/s); the backlog signal
+    # covers the rest: ceil(20 / (12 x 60 x 0.6)) = 1.
+    assert decision.signals["recommendations"]["throughput"] == 2
+    assert decision.signals["recommendations"]["cpu"] is None, "CPU rule only while the rate is unknown"
+    assert [a.domain for a in decision.actions] == ["vm-2"]
 
 
 def test_scale_up_cooldown():

@@ -53,9 +53,29 @@ def vm_queue(broker_url, tmp_path_factory):
     password = tmp_path_factory.mktemp("secret") / "password"
     password.write_text("guest")  # the guests reach the broker via the host's loopback
     vms = [sys.executable, str(ROOT / "deploy/vms.py")]
-    subprocess.run([*vms, "define", "--count", "3", "--prefix", PREFIX, "--pool", POOL, "--queue",
-                    names.jobs, "--cost", str(COST), "--user", "guest", "--password-file", str(password),
-                    "--fresh-disks"], check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            *vms,
+            "define",
+            "--count",
+            "3",
+            "--prefix",
+            PREFIX,
+            "--pool",
+            POOL,
+            "--queue",
+            names.jobs,
+            "--cost",
+            str(COST),
+            "--user",
+            "guest",
+            "--password-file",
+            str(password),
+            "--fresh-disks",
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     yield names
     subprocess.run([*vms, "undefine", "--prefix", PREFIX], check=False, cwd=ROOT)
     delete_topology(broker_url, names)
@@ -67,7 +87,9 @@ def monitor_for(names, broker_url):
 
 def known_jobs(count: int, seed: int) -> tuple[set[str], list[bytes]]:
     generate = LicenseGenerator(seed)
-    jobs = [{"id": str(uuid.uuid4()), "license": generate(), "produced_at": time.time()} for _ in range(count)]
+    jobs = [
+        {"id": str(uuid.uuid4()), "license": generate(), "produced_at": time.time()} for _ in range(count)
+    ]
     return {job["id"] for job in jobs}, [json.dumps(job).encode() for job in jobs]
 
 
@@ -106,8 +128,9 @@ def test_boot_to_consuming_and_only_the_broker_is_reachable(vm_queue, broker_url
     started = time.monotonic()
     hypervisor.start(NAMES[0])
     # A passive declare counts consumers at once (the management API lags by seconds).
-    wait_until(lambda: queue_counts(broker_url, vm_queue.jobs)[1] >= 1, 180, f"{NAMES[0]} consuming",
-               every=0.25)
+    wait_until(
+        lambda: queue_counts(broker_url, vm_queue.jobs)[1] >= 1, 180, f"{NAMES[0]} consuming", every=0.25
+    )
     boot_seconds = time.monotonic() - started
     wait_until(lambda: NAMES[0] in monitor.read().consuming, 30, "the consumer tagged with its name")
     print(f"\nboot to worker consuming under {Hypervisor(URI, POOL).uri}: {boot_seconds:.1f} s")
@@ -115,26 +138,49 @@ def test_boot_to_consuming_and_only_the_broker_is_reachable(vm_queue, broker_url
     (ROOT / "var" / "vm-boot-seconds.txt").write_text(f"{boot_seconds:.1f}\n")
     console = CONSOLE / f"{NAMES[0]}.console.log"
     line = wait_until(
-        lambda: next((l for l in console.read_text(errors="replace").splitlines() if "virtscale-egress:" in l),
-                     None), 60, "the guest's egress probe")
+        lambda: next(
+            (l for l in console.read_text(errors="replace").splitlines() if "virtscale-egress:" in l), None
+        ),
+        60,
+        "the guest's egress probe",
+    )
     assert "10.0.2.2:5672 open" in line, line
     for port in (15672, 5432, 6379):
         assert f"10.0.2.2:{port} blocked" in line, line
     hypervisor.shutdown(NAMES[0])
-    wait_until(lambda: {s.name: s.state for s in hypervisor.sample()}[NAMES[0]] == "shutoff", 90,
-               "ACPI shutdown to power off")
+    wait_until(
+        lambda: {s.name: s.state for s in hypervisor.sample()}[NAMES[0]] == "shutoff",
+        90,
+        "ACPI shutdown to power off",
+    )
     assert "stopped:" in console.read_text(errors="replace"), "the worker drained and exited"
 
 
 def test_flood_scales_1_2_3_and_back_to_1_storing_every_id_once(vm_queue, broker_url, processes, tmp_path):
     db = tmp_path / "hashes.db"
-    processes.start("producer.collector_cli", "run", "--amqp-url", broker_url, "--queue", vm_queue.jobs,
-                    "--store", f"sqlite:///{db}", name="collector")
+    processes.start(
+        "producer.collector_cli",
+        "run",
+        "--amqp-url",
+        broker_url,
+        "--queue",
+        vm_queue.jobs,
+        "--store",
+        f"sqlite:///{db}",
+        name="collector",
+    )
     hypervisor = Hypervisor(URI, POOL)
     all_off(hypervisor)
-    config = PolicyConfig(min_vms=1, max_vms=3, target_backlog=50, max_start_per_tick=1,
-                          scale_up_cooldown=30, scale_down_stabilization=20, boot_timeout=150,
-                          drain_timeout=60)
+    config = PolicyConfig(
+        min_vms=1,
+        max_vms=3,
+        target_backlog=50,
+        max_start_per_tick=1,
+        scale_up_cooldown=30,
+        scale_down_stabilization=20,
+        boot_timeout=150,
+        drain_timeout=60,
+    )
     scaler = Scaler([hypervisor], monitor_for(vm_queue, broker_url), Policy(config), window=10)
     # Start at the minimum: one VM consuming, then the flood.
     run_scaler(scaler, lambda: len(scaler.monitor.read().consuming) >= 1, 240)
@@ -160,12 +206,28 @@ def test_flood_scales_1_2_3_and_back_to_1_storing_every_id_once(vm_queue, broker
 
 def test_a_vm_destroyed_mid_work_is_replaced_and_nothing_is_lost(vm_queue, broker_url, processes, tmp_path):
     db = tmp_path / "hashes.db"
-    processes.start("producer.collector_cli", "run", "--amqp-url", broker_url, "--queue", vm_queue.jobs,
-                    "--store", f"sqlite:///{db}", name="collector")
+    processes.start(
+        "producer.collector_cli",
+        "run",
+        "--amqp-url",
+        broker_url,
+        "--queue",
+        vm_queue.jobs,
+        "--store",
+        f"sqlite:///{db}",
+        name="collector",
+    )
     hypervisor = Hypervisor(URI, POOL)
     all_off(hypervisor)
-    config = PolicyConfig(min_vms=2, max_vms=2, target_backlog=50, scale_up_cooldown=0,
-                          scale_down_stabilization=600, boot_timeout=150, drain_timeout=60)
+    config = PolicyConfig(
+        min_vms=2,
+        max_vms=2,
+        target_backlog=50,
+        scale_up_cooldown=0,
+        scale_down_stabilization=600,
+        boot_timeout=150,
+        drain_timeout=60,
+    )
     scaler = Scaler([hypervisor], monitor_for(vm_queue, broker_url), Policy(config), window=10)
     run_scaler(scaler, lambda: len(scaler.monitor.read().consuming) >= 2, 300)
     ids, bodies = known_jobs(3000, seed=12)

@@ -1,0 +1,83 @@
+"""make bench-policy: every policy on every standard profile, on several seeds, with a verdict.
+
+Goal for the default policy: it meets the SLO on every profile; no baseline that also meets
+the SLO uses fewer VM-seconds; its VM-seconds are within 15% of the oracle's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from scaler.plots import plot_simulation
+from scaler.policy import PolicyConfig
+from scaler.simulate import POLICIES, STANDARD_PROFILES, make_policy, table
+from scaler.simulation import World, arrival_times, arrivals_per_second, simulate
+from virtscale.load import profile_rate
+
+SEEDS = (1, 2, 3)
+OUT = Path("var/bench")
+
+
+def run(max_vms: int = 10) -> bool:
+    config = PolicyConfig(min_vms=1, max_vms=max_vms)
+    world = World(pool_size=max_vms, slo=config.slo)
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows, verdicts, all_good = [], [], True
+    started = time.perf_counter()
+    for name, spec in STANDARD_PROFILES.items():
+        for seed in SEEDS:
+            counts = arrivals_per_second(profile_rate(spec), spec.length, seed)
+            arrivals = arrival_times(counts, seed)
+            results = {
+                policy: simulate(
+                    make_policy(policy, config, world, counts), world, arrivals, horizon=spec.length
+                )
+                for policy in POLICIES
+            }
+            rows += [{"load": f"{name}/{seed}", **result.summary()} for result in results.values()]
+            if seed == SEEDS[0]:
+                plot_simulation(
+                    list(results.values()),
+                    str(OUT / f"policy-{name}.png"),
+                    f"{name} (seed {seed}): load, backlog and VMs per policy",
+                )
+            default = results["default"]
+            cheaper = [
+                p
+                for p, r in results.items()
+                if p not in ("default", "oracle") and r.meets_slo and r.vm_seconds < default.vm_seconds
+            ]
+            ratio = default.vm_seconds / results["oracle"].vm_seconds
+            good = default.meets_slo and not cheaper and ratio <= 1.15
+            all_good &= good
+            verdicts.append(
+                f"{name}/{seed}: default {'meets' if default.meets_slo else 'MISSES'} the SLO; "
+                f"cheaper SLO-meeting baselines: {', '.join(cheaper) or 'none'}; "
+                f"VM-s / oracle's = {ratio:.2f} -> {'ok' if good else 'NOT MET'}"
+            )
+    elapsed = time.perf_counter() - started
+    print(
+        f"\nPolicy lab: {len(STANDARD_PROFILES)} profiles x {len(SEEDS)} seeds x {len(POLICIES)} policies "
+        f"in {elapsed:.1f} s (SLO {world.slo:g} s, service {world.service_time:g} s, boot {world.boot_delay:g} s)"
+    )
+    print(table(rows))
+    print("\n".join(verdicts))
+    print(f"goal {'met' if all_good else 'NOT met'}; plots in {OUT}/policy-*.png")
+    day = time.perf_counter()
+    spec = STANDARD_PROFILES["sine"]
+    from dataclasses import replace
+
+    day_spec = replace(spec, length=86400.0)
+    counts = arrivals_per_second(profile_rate(day_spec), day_spec.length, 1)
+    result = simulate(
+        make_policy("default", config, world, counts),
+        world,
+        arrival_times(counts, 1),
+        horizon=day_spec.length,
+    )
+    print(
+        f"24-hour sine trace at 1 s resolution: {result.jobs} jobs simulated in "
+        f"{time.perf_counter() - day:.1f} s"
+    )
+    return all_good
