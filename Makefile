@@ -10,7 +10,7 @@ SECRETS := var/secrets
 # Each component connects as its own least-privilege user; the password comes from a file.
 as = --amqp-url amqp://$(1)@$(BROKER_HOST)/%2F --password-file $(SECRETS)/$(1) --queue $(QUEUE)
 
-.PHONY: setup broker image vms unvms producer worker collector stats scaler status demo test test-unit \
+.PHONY: setup broker image vms unvms producer worker collector stats scaler status demo test test-unit cloud-init \
 	bench bench-policy lint clean
 N ?= 3
 COST ?= 12
@@ -18,6 +18,8 @@ COST ?= 12
 DEMO_COST ?= 10
 DOMAIN_TYPE ?= auto
 NETWORK ?= user
+NAME ?= worker-1
+BROKER ?= 192.168.122.1
 
 setup:
 	@deploy/setup.sh
@@ -32,6 +34,12 @@ image: setup
 vms: broker image
 	@$(BIN)/python deploy/vms.py define --count $(N) --queue $(QUEUE) --cost $(COST) \
 		--domain-type $(DOMAIN_TYPE) --network $(NETWORK) --password-file $(SECRETS)/worker
+
+cloud-init: broker
+	@mkdir -p var/cloud-init
+	@$(BIN)/python deploy/cloud_init.py --name $(NAME) --broker $(BROKER) --queue $(QUEUE) --cost $(COST) \
+		> var/cloud-init/$(NAME).yaml && chmod 600 var/cloud-init/$(NAME).yaml
+	@echo "cloud-init user-data: var/cloud-init/$(NAME).yaml"
 
 unvms: setup
 	@$(BIN)/python deploy/vms.py undefine
