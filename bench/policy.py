@@ -59,7 +59,8 @@ def run(max_vms: int = 10) -> bool:
     elapsed = time.perf_counter() - started
     print(
         f"\nPolicy lab: {len(STANDARD_PROFILES)} profiles x {len(SEEDS)} seeds x {len(POLICIES)} policies "
-        f"in {elapsed:.1f} s (SLO {world.slo:g} s, service {world.service_time:g} s, boot {world.boot_delay:g} s)"
+        f"in {elapsed:.1f} s (SLO {world.slo:g} s, service {world.service_time:g} s, "
+        f"boot {world.boot_delay:g} s)"
     )
     print(table(rows))
     print("\n".join(verdicts))

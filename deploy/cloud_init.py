@@ -84,9 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unit = base64.b64encode((ROOT / "deploy" / "virtscale-worker.service").read_bytes()).decode()
     password = Path(args.password_file).read_text().strip()
-    sys.stdout.write(TEMPLATE.format(name=args.name, code=code_tarball(), user=args.user, broker=args.broker,
-                                     port=args.port, queue=args.queue, cost=args.cost, password=password,
-                                     unit=unit))
+    sys.stdout.write(
+        TEMPLATE.format(
+            name=args.name,
+            code=code_tarball(),
+            user=args.user,
+            broker=args.broker,
+            port=args.port,
+            queue=args.queue,
+            cost=args.cost,
+            password=password,
+            unit=unit,
+        )
+    )
     return 0
 
 

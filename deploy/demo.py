@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 producer_started = time.time()
                 print(
-                    f"demo: producer started: {args.base:g}/s, then {args.peak:g}/s for {args.step_length:g} s, "
+                    f"demo: producer started: {args.base:g}/s, then {args.peak:g}/s "
+                    f"for {args.step_length:g} s, "
                     f"then {args.base:g}/s"
                 )
             if producer_started and children["producer"].poll() is not None and events:
@@ -183,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             if children["scaler"].poll() is not None:
                 print("demo: the scaler exited; see var/demo/scaler.log")
                 break
-            if sys.stdin.isatty() and select.select([sys.stdin], [], [], 0)[0]:
-                if sys.stdin.readline().strip() == "terminate":
-                    break
+            typed = sys.stdin.isatty() and select.select([sys.stdin], [], [], 0)[0]
+            if typed and sys.stdin.readline().strip() == "terminate":
+                break
             time.sleep(1)
     finally:
         for name in ("producer", "scaler", "collector"):
@@ -226,7 +227,8 @@ def summarize(events_path: Path, store: str, started: float) -> None:
     for event in events:
         for action in event["actions"]:
             print(
-                f"  {event['time'] - started:6.0f}s  {action['action']:<8} {action['domain']}  ({event['reason'][:90]})"
+                f"  {event['time'] - started:6.0f}s  {action['action']:<8} {action['domain']}  "
+                f"({event['reason'][:90]})"
             )
     if events:
         plot_events(events, str(OUT / "demo.png"), "virtscale demo: queue depth, VMs, CPU per VM")

@@ -9,6 +9,7 @@ the scaler starts them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import json
 import os
@@ -117,10 +118,8 @@ def write_settings(name: str, args: argparse.Namespace) -> None:
     with os.fdopen(descriptor, "w") as handle:
         json.dump(settings, handle)
     # QEMU runs as libvirt-qemu and reads this file for fw_cfg; nobody else may.
-    try:
+    with contextlib.suppress(KeyError):
         os.chown(path, 0, grp.getgrnam("libvirt-qemu").gr_gid)
-    except KeyError:
-        pass
 
 
 def define(connection: libvirt.virConnect, args: argparse.Namespace) -> None:

@@ -115,7 +115,7 @@ class OraclePolicy(Policy):
             replace(config, scale_up_cooldown=0.0, scale_down_stabilization=0.0, max_start_per_tick=1 << 20)
         )
         counts = np.asarray(arrivals_per_second, dtype=float)
-        window = max(1, int(round(slo / 2)))
+        window = max(1, round(slo / 2))
         cumulative = np.concatenate([[0.0], np.cumsum(counts)])
         ends = np.minimum(np.arange(len(counts)) + window, len(counts))
         per_window = cumulative[ends] - cumulative[: len(counts)]

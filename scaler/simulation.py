@@ -87,7 +87,7 @@ class SimResult:
 def arrivals_per_second(rate: Rate, length: float, seed: int) -> np.ndarray:
     """Poisson arrival counts for each second of the run, from the rate function."""
     rng = np.random.default_rng(seed)
-    seconds = np.arange(int(math.ceil(length)))
+    seconds = np.arange(math.ceil(length))
     rates = np.array([max(0.0, rate(float(t) + 0.5)) for t in seconds])
     return rng.poisson(rates)
 

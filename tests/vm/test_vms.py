@@ -139,7 +139,8 @@ def test_boot_to_consuming_and_only_the_broker_is_reachable(vm_queue, broker_url
     console = CONSOLE / f"{NAMES[0]}.console.log"
     line = wait_until(
         lambda: next(
-            (l for l in console.read_text(errors="replace").splitlines() if "virtscale-egress:" in l), None
+            (row for row in console.read_text(errors="replace").splitlines() if "virtscale-egress:" in row),
+            None,
         ),
         60,
         "the guest's egress probe",
