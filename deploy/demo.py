@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("demo: timed out")
                 break
             events = read_events(events_path)
-            if events and events[-1] is not last_printed:
-                last_printed = events[-1]
+            if events and events[-1]["time"] != last_printed:
+                last_printed = events[-1]["time"]
                 print(live_line(events[-1], started), flush=True)
             if (
                 not producer_started

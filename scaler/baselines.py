@@ -36,7 +36,7 @@ class OriginalPolicy(Policy):
         if obs.now - self._last_decision < self.WINDOW:
             return {"cpu": current}
         self._last_decision = obs.now
-        loads = [vm.cpu for vm in ready if vm.cpu is not None]
+        loads = self._settled_loads(ready, obs.now)
         if not loads:
             return {"cpu": current}
         mean = sum(loads) / len(loads)
@@ -77,7 +77,7 @@ class HpaCpuPolicy(Policy):
         super().__init__(replace(config, scale_up_cooldown=0.0, scale_down_stabilization=300.0))
 
     def recommend(self, obs: Observation, ready: list[VmView], current: int) -> dict[str, int | None]:
-        loads = [vm.cpu for vm in ready if vm.cpu is not None]
+        loads = self._settled_loads(ready, obs.now)
         if not loads:
             return {"cpu": current}
         ratio = (sum(loads) / len(loads)) / self.TARGET

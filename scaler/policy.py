@@ -27,7 +27,7 @@ class PolicyConfig:
     #: Seconds a job may wait in the queue: the objective the backlog signal plans for.
     slo: float = 60.0
     #: Share of the SLO the backlog may take to drain: the rest is reaction time (a boot, a tick).
-    drain_fraction: float = 0.6
+    drain_fraction: float = 0.8
     #: Until a VM's throughput is known: waiting jobs per VM the backlog signal allows.
     target_backlog: float = 50.0
     #: Mean CPU% of the ready VMs above which one more VM is wanted.
@@ -37,7 +37,7 @@ class PolicyConfig:
     #: Seconds after a scale-up before the next one (booting VMs already count as capacity).
     scale_up_cooldown: float = 10.0
     #: Seconds a lower recommendation must persist before VMs are removed.
-    scale_down_stabilization: float = 15.0
+    scale_down_stabilization: float = 30.0
     #: Seconds a started VM has to begin consuming before it is declared failed.
     boot_timeout: float = 120.0
     #: Seconds a VM has to drain after the ACPI shutdown before it is destroyed.
@@ -49,6 +49,9 @@ class PolicyConfig:
     max_start_percent: float = 100.0
     #: Seconds a domain that failed to boot is left alone before it may be tried again.
     failed_retry_after: float = 600.0
+    #: Seconds after a VM starts consuming before its CPU% counts: until then the CPU window
+    #: still holds its boot (a TCG guest boots at 100% CPU), not its share of the work.
+    cpu_settle: float = 30.0
 
     def problems(self) -> list[str]:
         """What is impossible in this configuration, as messages that say what to fix."""
@@ -115,9 +118,9 @@ class Policy:
     fast up (booting VMs count as capacity), down only after a stabilization window.
 
     Why it is cheap and still on time (measured in the policy lab, README):
-    - throughput: floor(arrivals / per-VM rate) - the VMs the arrivals keep fully busy;
+    - throughput: floor(smoothed arrivals / per-VM rate) - the VMs the arrivals keep busy;
     - backlog: ceil(depth / (per-VM rate x SLO x drain_fraction)) - enough VMs to clear what
-      waits within 60% of the SLO, the other 40% being time to boot more;
+      waits within 80% of the SLO, the other 20% being time to react;
     - CPU (the original's rule) only while the per-VM rate is unknown: once it is, the CPU
       thresholds (add above 80%, hold from 40% up) only cap utilisation and cause boot churn.
     Together the pool runs its VMs full and uses the queue as a buffer up to the SLO, instead
@@ -133,6 +136,8 @@ class Policy:
         self.last_scale_up = -math.inf
         self.per_vm_rate: float | None = None
         self.idle_since: float | None = None
+        self.ready_since: dict[str, float] = {}
+        self.arrival_rate: float | None = None
         self._history: collections.deque[tuple[float, int]] = collections.deque()
 
     # -- the outline -------------------------------------------------------------------
@@ -143,6 +148,7 @@ class Policy:
         vms = {vm.name: vm for vm in obs.vms}
         self._reconcile(obs, vms, actions, notes)
         ready = [vm for vm in obs.vms if self._is_ready(vm, obs.consumers_known)]
+        self._track_ready(obs.now, ready)
         booting = [name for name in self.booting if name in vms]
         current = len(ready) + len(booting)
         self._learn(obs, ready)
@@ -192,13 +198,35 @@ class Policy:
             )
             backlog = math.ceil(obs.depth / per_vm - 1e-9)
         throughput = None
-        if obs.arrival_rate is not None and rate:
-            throughput = math.floor(obs.arrival_rate / rate + 1e-9)
-        cpu = self._cpu_rule(ready, current) if throughput is None else None
+        if obs.arrival_rate is not None:
+            # Smoothed: one tick's arrivals are noisy, and a VM started on noise costs a boot.
+            previous = self.arrival_rate
+            self.arrival_rate = (
+                obs.arrival_rate if previous is None else 0.7 * previous + 0.3 * obs.arrival_rate
+            )
+            if rate:
+                throughput = math.floor(self.arrival_rate / rate + 1e-9)
+        cpu = self._cpu_rule(ready, current, obs.now) if throughput is None else None
         return {"backlog": backlog, "throughput": throughput, "cpu": cpu}
 
-    def _cpu_rule(self, ready: list[VmView], current: int) -> int | None:
-        loads = [vm.cpu for vm in ready if vm.cpu is not None]
+    def _settled_loads(self, ready: list[VmView], now: float) -> list[float]:
+        """CPU% of the ready VMs that have consumed long enough for it to mean load."""
+        return [
+            vm.cpu
+            for vm in ready
+            if vm.cpu is not None and now - self.ready_since.get(vm.name, now) >= self.config.cpu_settle
+        ]
+
+    def _track_ready(self, now: float, ready: list[VmView]) -> None:
+        names = {vm.name for vm in ready}
+        for name in names - self.ready_since.keys():
+            # A VM already consuming when the scaler starts has long finished booting.
+            self.ready_since[name] = now if self._history else -math.inf
+        for name in self.ready_since.keys() - names:
+            del self.ready_since[name]
+
+    def _cpu_rule(self, ready: list[VmView], current: int, now: float) -> int | None:
+        loads = self._settled_loads(ready, now)
         if not loads:
             return None
         mean = sum(loads) / len(loads)
@@ -265,7 +293,7 @@ class Policy:
         """What one fully busy VM acks per second: the ack rate divided by the busy share of
         the ready VMs' CPU. Unlike the bare ack rate (which only measures the arrivals while the
         pool keeps up) this holds at any load; a nearly idle pool measures too little to count."""
-        loads = [vm.cpu for vm in ready if vm.cpu is not None]
+        loads = self._settled_loads(ready, obs.now)
         if obs.ack_rate is None or obs.ack_rate <= 0 or not ready or len(loads) < len(ready):
             return
         busy_vms = sum(loads) / 100.0

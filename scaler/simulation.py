@@ -27,7 +27,7 @@ class World:
     #: Hashing slots per VM (vCPUs; the worker runs one slot per CPU).
     vcpus: int = 1
     #: Seconds one bcrypt hash takes in one slot.
-    service_time: float = 0.2
+    service_time: float = 0.5
     #: Seconds from domain start to its worker consuming.
     boot_delay: float = 30.0
     #: Seconds from the last job drained to the domain being off.
