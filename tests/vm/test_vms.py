@@ -107,6 +107,27 @@ def all_off(hypervisor: Hypervisor) -> None:
             hypervisor.destroy(sample.name)
 
 
+def start_pool(vm_queue, broker_url, processes, tmp_path, **policy) -> tuple[Path, Hypervisor, Scaler]:
+    """A collector into a fresh store, every test VM off, and a scaler with the given policy."""
+    db = tmp_path / "hashes.db"
+    processes.start(
+        "producer.collector_cli",
+        "run",
+        "--amqp-url",
+        broker_url,
+        "--queue",
+        vm_queue.jobs,
+        "--store",
+        f"sqlite:///{db}",
+        name="collector",
+    )
+    hypervisor = Hypervisor(URI, POOL)
+    all_off(hypervisor)
+    config = PolicyConfig(**{"target_backlog": 50, "boot_timeout": 150, "drain_timeout": 60, **policy})
+    scaler = Scaler([hypervisor], monitor_for(vm_queue, broker_url), Policy(config), window=10)
+    return db, hypervisor, scaler
+
+
 def run_scaler(scaler: Scaler, until, timeout: float, interval: float = 2.0) -> list[tuple[float, str, str]]:
     """Tick the scaler in real time until ``until()``; the actions it took, with times."""
     started = time.monotonic()
@@ -158,31 +179,17 @@ def test_boot_to_consuming_and_only_the_broker_is_reachable(vm_queue, broker_url
 
 
 def test_flood_scales_1_2_3_and_back_to_1_storing_every_id_once(vm_queue, broker_url, processes, tmp_path):
-    db = tmp_path / "hashes.db"
-    processes.start(
-        "producer.collector_cli",
-        "run",
-        "--amqp-url",
+    db, hypervisor, scaler = start_pool(
+        vm_queue,
         broker_url,
-        "--queue",
-        vm_queue.jobs,
-        "--store",
-        f"sqlite:///{db}",
-        name="collector",
-    )
-    hypervisor = Hypervisor(URI, POOL)
-    all_off(hypervisor)
-    config = PolicyConfig(
+        processes,
+        tmp_path,
         min_vms=1,
         max_vms=3,
-        target_backlog=50,
         max_start_per_tick=1,
         scale_up_cooldown=30,
         scale_down_stabilization=20,
-        boot_timeout=150,
-        drain_timeout=60,
     )
-    scaler = Scaler([hypervisor], monitor_for(vm_queue, broker_url), Policy(config), window=10)
     # Start at the minimum: one VM consuming, then the flood.
     run_scaler(scaler, lambda: len(scaler.monitor.read().consuming) >= 1, 240)
     ids, bodies = known_jobs(6000, seed=11)
@@ -206,30 +213,16 @@ def test_flood_scales_1_2_3_and_back_to_1_storing_every_id_once(vm_queue, broker
 
 
 def test_a_vm_destroyed_mid_work_is_replaced_and_nothing_is_lost(vm_queue, broker_url, processes, tmp_path):
-    db = tmp_path / "hashes.db"
-    processes.start(
-        "producer.collector_cli",
-        "run",
-        "--amqp-url",
+    db, _hypervisor, scaler = start_pool(
+        vm_queue,
         broker_url,
-        "--queue",
-        vm_queue.jobs,
-        "--store",
-        f"sqlite:///{db}",
-        name="collector",
-    )
-    hypervisor = Hypervisor(URI, POOL)
-    all_off(hypervisor)
-    config = PolicyConfig(
+        processes,
+        tmp_path,
         min_vms=2,
         max_vms=2,
-        target_backlog=50,
         scale_up_cooldown=0,
         scale_down_stabilization=600,
-        boot_timeout=150,
-        drain_timeout=60,
     )
-    scaler = Scaler([hypervisor], monitor_for(vm_queue, broker_url), Policy(config), window=10)
     run_scaler(scaler, lambda: len(scaler.monitor.read().consuming) >= 2, 300)
     ids, bodies = known_jobs(3000, seed=12)
     publish_raw(broker_url, vm_queue.jobs, bodies)
