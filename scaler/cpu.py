@@ -41,14 +41,16 @@ class CpuWindow:
             if key not in seen:
                 del self._samples[key]  # vanished from the pool
 
-    def percent(self, uri: str, name: str) -> float | None:
-        """Mean CPU% over the window; None until two samples of the same run exist."""
+    def percent(self, uri: str, name: str, last_only: bool = False) -> float | None:
+        """Mean CPU% over the window (or over the last tick only); None until two samples of
+        the same run exist."""
         history = self._samples.get((uri, name))
         if not history or len(history) < 2:
             return None
-        wall = np.array([s.sampled_at for s in history])
-        cpu = np.array([s.cpu_time_ns for s in history], dtype=float) / 1e9
-        vcpus = np.array([s.vcpus for s in history][1:], dtype=float)
+        samples = list(history)[-2:] if last_only else list(history)
+        wall = np.array([s.sampled_at for s in samples])
+        cpu = np.array([s.cpu_time_ns for s in samples], dtype=float) / 1e9
+        vcpus = np.array([s.vcpus for s in samples][1:], dtype=float)
         intervals = np.diff(wall)
         if intervals.sum() <= 0:
             return None

@@ -93,7 +93,16 @@ class Scaler:
             depth=reading.depth,
             arrival_rate=reading.publish_rate,
             ack_rate=reading.ack_rate,
-            vms=tuple(VmView(s.name, s.state, cpu[s.name], s.name in reading.consuming) for s in samples),
+            vms=tuple(
+                VmView(
+                    s.name,
+                    s.state,
+                    cpu[s.name],
+                    s.name in reading.consuming,
+                    self.cpu.percent(s.uri, s.name, last_only=True),
+                )
+                for s in samples
+            ),
             consumers_known=not reading.degraded,
             degraded=bool(problems),
         )

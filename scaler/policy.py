@@ -12,6 +12,9 @@ import math
 import re
 from dataclasses import dataclass, field
 
+#: Seconds a VM consumes before its throughput is measured: its first tick still holds its boot.
+RATE_SETTLE = 10.0
+
 #: Actions the scaler takes on a domain.
 START, SHUTDOWN, DESTROY = "start", "shutdown", "destroy"
 
@@ -76,6 +79,8 @@ class VmView:
     cpu: float | None = None
     #: Its worker has a consumer on the job queue.
     consuming: bool = False
+    #: CPU% over the last tick only: what the last tick's ack rate was achieved with.
+    cpu_recent: float | None = None
 
 
 @dataclass(frozen=True)
@@ -291,9 +296,14 @@ class Policy:
 
     def _learn(self, obs: Observation, ready: list[VmView]) -> None:
         """What one fully busy VM acks per second: the ack rate divided by the busy share of
-        the ready VMs' CPU. Unlike the bare ack rate (which only measures the arrivals while the
-        pool keeps up) this holds at any load; a nearly idle pool measures too little to count."""
-        loads = self._settled_loads(ready, obs.now)
+        the ready VMs' CPU over the same last tick (the windowed CPU lags a change of load and
+        would inflate it). Unlike the bare ack rate, which only measures the arrivals while the
+        pool keeps up, this holds at any load; a nearly idle pool measures too little to count."""
+        loads = [
+            vm.cpu_recent
+            for vm in ready
+            if vm.cpu_recent is not None and obs.now - self.ready_since.get(vm.name, obs.now) >= RATE_SETTLE
+        ]
         if obs.ack_rate is None or obs.ack_rate <= 0 or not ready or len(loads) < len(ready):
             return
         busy_vms = sum(loads) / 100.0

@@ -11,6 +11,7 @@ slot assignment is a heap walk, so a day at a few jobs per second runs in second
 
 from __future__ import annotations
 
+import bisect
 import collections
 import heapq
 import math
@@ -197,11 +198,13 @@ def simulate(
         arrived = arrived_by_now - int(np.searchsorted(arrivals, previous)) if tick else 0
         views = []
         for vm in vms:
-            cpu = None
+            cpu = recent = None
             if vm.consuming(clock) and clock - vm.ready_at >= world.interval:
                 observed = min(world.window, clock - vm.ready_at)
                 cpu = min(100.0, 100.0 * max(vm.busy_sum, 0.0) / (observed * world.vcpus))
-            views.append(VmView(vm.name, vm.state, cpu, vm.consuming(clock)))
+                started_last_tick = len(vm.busy) - bisect.bisect_left(vm.busy, clock - world.interval)
+                recent = min(100.0, 100.0 * started_last_tick * service / (world.interval * world.vcpus))
+            views.append(VmView(vm.name, vm.state, cpu, vm.consuming(clock), recent))
         observation = Observation(
             now=clock,
             depth=depth,

@@ -20,7 +20,7 @@ CONFIG = PolicyConfig(
 
 def pool(ready=(), booting=(), off=(), cpu=50.0, **states):
     """VmViews: ready = running and consuming, booting = running not consuming, off = shut off."""
-    vms = [VmView(name, "running", cpu, True) for name in ready]
+    vms = [VmView(name, "running", cpu, True, cpu) for name in ready]
     vms += [VmView(name, "running", None, False) for name in booting]
     vms += [VmView(name, "shutoff") for name in off]
     vms += [VmView(name, state) for name, state in states.items()]
