@@ -269,3 +269,29 @@ def test_prometheus_metrics_report_the_tick(broker_url, names, management):
     assert 'virtscale_vms{state="shutoff"} 4.0' in body, "observed before the starts"
     assert 'virtscale_scale_actions_total{action="start"} 3.0' in body
     assert "virtscale_desired_vms 3.0" in body
+
+
+def test_status_prints_the_pool_and_the_queue_once(broker_url, names, management):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scaler",
+            "status",
+            "--connect",
+            f"test://{NODE}",
+            "--amqp-url",
+            broker_url,
+            "--queue",
+            names.jobs,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("queue: depth 0")
+    assert [line.split()[:2] for line in lines[2:6]] == [[name, "shutoff"] for name in POOL]
+    assert "database" not in run.stdout and "decision" not in run.stdout
