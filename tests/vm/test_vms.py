@@ -24,7 +24,8 @@ from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, wait
 from virtscale.broker import declare_topology, delete_topology, queue_counts
 from virtscale.naming import QueueNames
 
-pytestmark = [pytest.mark.vm, pytest.mark.broker]
+# Real guests boot and drain at their own pace; each scenario bounds its own waits.
+pytestmark = [pytest.mark.vm, pytest.mark.broker, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 URI = "qemu:///system"
@@ -53,6 +54,8 @@ def vm_queue(broker_url, tmp_path_factory):
     password = tmp_path_factory.mktemp("secret") / "password"
     password.write_text("guest")  # the guests reach the broker via the host's loopback
     vms = [sys.executable, str(ROOT / "deploy/vms.py")]
+    # Leftovers of an interrupted run (a domain still running keeps its old settings).
+    subprocess.run([*vms, "undefine", "--prefix", PREFIX], check=False, cwd=ROOT, capture_output=True)
     subprocess.run(
         [
             *vms,
@@ -189,6 +192,9 @@ def test_flood_scales_1_2_3_and_back_to_1_storing_every_id_once(vm_queue, broker
         max_start_per_tick=1,
         scale_up_cooldown=30,
         scale_down_stabilization=20,
+        # A tight SLO, so the backlog of this flood needs all three VMs (with the default 60 s,
+        # two of these fast-hashing guests would clear it in time, and rightly stay two).
+        slo=10,
     )
     # Start at the minimum: one VM consuming, then the flood.
     run_scaler(scaler, lambda: len(scaler.monitor.read().consuming) >= 1, 240)
