@@ -33,7 +33,7 @@ image: setup
 
 vms: broker image
 	@$(BIN)/python deploy/vms.py define --count $(N) --queue $(QUEUE) --cost $(COST) \
-		--domain-type $(DOMAIN_TYPE) --network $(NETWORK) --password-file $(SECRETS)/worker
+		--domain-type $(DOMAIN_TYPE) --network $(NETWORK) --broker-host $(BROKER) --password-file $(SECRETS)/worker
 
 cloud-init: broker
 	@mkdir -p var/cloud-init
