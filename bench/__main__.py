@@ -1,9 +1,17 @@
-"""make bench: every benchmark, printed as tables. Figures, not assertions."""
+"""make bench: the worker, producer and scaler benchmarks, printed as tables (figures, not
+assertions). make bench-policy runs the policy lab (`python -m bench policy`)."""
 
 import argparse
 import sys
 
-from bench import pipeline
+from bench import pipeline, policy, scaler_tick
+
+BENCHMARKS = {
+    "worker": pipeline.worker_efficiency,
+    "producer": pipeline.producer_efficiency,
+    "scaler": scaler_tick.tick_cost,
+    "policy": policy.run,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,27 +20,14 @@ def main(argv: list[str] | None = None) -> int:
         "which",
         nargs="*",
         default=["worker", "producer", "scaler"],
-        help="benchmarks to run (default: all)",
+        help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: worker producer scaler)",
     )
     args = parser.parse_args(argv)
+    unknown = [name for name in args.which if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
     for name in args.which:
-        if name == "worker":
-            pipeline.worker_efficiency()
-        elif name == "producer":
-            pipeline.producer_efficiency()
-        elif name == "policy":
-            from bench import policy
-
-            policy.run()
-        elif name == "scaler":
-            try:
-                from bench import scaler_tick
-            except ImportError:
-                print("scaler tick benchmark: not available")
-                continue
-            scaler_tick.tick_cost()
-        else:
-            parser.error(f"unknown benchmark {name!r}")
+        BENCHMARKS[name]()
     return 0
 
 
