@@ -12,6 +12,7 @@ from scaler.hypervisor import Hypervisor
 from scaler.loop import Scaler
 from scaler.policy import Policy, PolicyConfig
 from scaler.queue_monitor import QueueMonitor
+from virtscale import defaults
 
 URL = os.environ.get("VIRTSCALE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 DOMAIN = """<domain type="test" xmlns:test="http://libvirt.org/schemas/domain/test/1.0">
@@ -31,7 +32,7 @@ def node_file(domains: int, directory: str) -> str:
 
 
 def tick_cost(sizes=(10, 100, 1000), ticks: int = 20) -> None:
-    monitor = QueueMonitor("http://127.0.0.1:15672", ("guest", "guest"), "/", "licenses", URL)
+    monitor = QueueMonitor(defaults.MANAGEMENT_URL, ("guest", "guest"), "/", "licenses", URL)
     print(f"\nScaler tick cost (test driver, one connection, dry run; median of {ticks} ticks)")
     print(f"{'domains':>8} {'tick ms':>8} {'libvirt ms':>10} {'queue ms':>9} {'ms/domain':>10}")
     with tempfile.TemporaryDirectory() as directory:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
+
 from scaler.policy import Observation, Policy, PolicyConfig, VmView
 
 
@@ -109,8 +111,6 @@ class OraclePolicy(Policy):
         boot_delay: float,
         interval: float,
     ):
-        import numpy as np
-
         super().__init__(
             replace(config, scale_up_cooldown=0.0, scale_down_stabilization=0.0, max_start_per_tick=1 << 20)
         )

@@ -20,6 +20,7 @@ from scaler.hypervisor import Hypervisor, HypervisorRefused, HypervisorUnavailab
 from scaler.loop import EventsFile, Scaler, TickReport
 from scaler.policy import Policy, PolicyConfig
 from scaler.queue_monitor import QueueMonitor
+from virtscale import defaults
 from virtscale.config import (
     OneLineParser,
     add_common_options,
@@ -32,13 +33,6 @@ from virtscale.config import (
 )
 
 log = logging.getLogger("scaler")
-
-#: Seconds between ticks.
-INTERVAL = 5.0
-#: Seconds of CPU history averaged per domain.
-WINDOW = 30.0
-#: Management API of the broker on this host.
-MANAGEMENT_URL = "http://127.0.0.1:15672"
 
 
 def percent(text: str) -> float:
@@ -126,13 +120,13 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--interval",
         type=positive_float,
-        default=INTERVAL,
+        default=defaults.SCALER_INTERVAL,
         help="seconds between ticks (default: %(default)s)",
     )
     group.add_argument(
         "--window",
         type=positive_float,
-        default=WINDOW,
+        default=defaults.CPU_WINDOW,
         help="seconds of CPU history averaged (default: %(default)s)",
     )
 
@@ -170,7 +164,7 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--management-url",
-        default=os.environ.get("VIRTSCALE_MANAGEMENT_URL", MANAGEMENT_URL),
+        default=os.environ.get("VIRTSCALE_MANAGEMENT_URL", defaults.MANAGEMENT_URL),
         help="RabbitMQ management API, http:// or https:// (default: %(default)s); "
         "credentials are those of --amqp-url",
     )
@@ -314,7 +308,11 @@ def read_console(stop: threading.Event) -> None:
 def show_status(parser: OneLineParser, args: argparse.Namespace) -> int:
     # A single tick with a policy that is never asked to act: observe and print.
     scaler = build_scaler(
-        parser, args, Policy(PolicyConfig(min_vms=0, max_vms=1 << 16)), window=WINDOW, dry_run=True
+        parser,
+        args,
+        Policy(PolicyConfig(min_vms=0, max_vms=1 << 16)),
+        window=defaults.CPU_WINDOW,
+        dry_run=True,
     )
     scaler.observe_domains()  # a first CPU sample, so the second can give a figure
     threading.Event().wait(1.0)

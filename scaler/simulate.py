@@ -32,13 +32,6 @@ STANDARD_PROFILES = {
     ),
 }
 
-#: Calibration from measured runs on this kind of machine (see README, "Measured figures"):
-#: bcrypt cost 10 takes 127 ms in an uncontended TCG guest vCPU (51 ms natively), so cost 12
-#: (4x the rounds) about 0.5 s; a TCG guest consumes 24 s after its start alone, up to 40 s
-#: while other guests load the host.
-SERVICE_TIME = 0.5
-BOOT_DELAY = 30.0
-
 
 def add_simulate_parser(commands) -> None:
     from scaler.cli import add_policy_options
@@ -55,13 +48,13 @@ def add_simulate_parser(commands) -> None:
     parser.add_argument(
         "--service-time",
         type=positive_float,
-        default=SERVICE_TIME,
+        default=World.service_time,
         help="seconds per job per slot (default: %(default)s, measured)",
     )
     parser.add_argument(
         "--boot-delay",
         type=positive_float,
-        default=BOOT_DELAY,
+        default=World.boot_delay,
         help="seconds from start to consuming (default: %(default)s, measured)",
     )
     parser.add_argument(

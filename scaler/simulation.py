@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, VmView
+from virtscale import defaults
 from virtscale.load import Rate
 
 
@@ -27,16 +28,16 @@ from virtscale.load import Rate
 class World:
     #: Hashing slots per VM (vCPUs; the worker runs one slot per CPU).
     vcpus: int = 1
-    #: Seconds one bcrypt hash takes in one slot.
-    service_time: float = 0.5
-    #: Seconds from domain start to its worker consuming.
-    boot_delay: float = 30.0
+    #: Seconds one bcrypt hash takes in one slot (measured; see virtscale.defaults).
+    service_time: float = defaults.SIM_SERVICE_TIME
+    #: Seconds from domain start to its worker consuming (measured).
+    boot_delay: float = defaults.SIM_BOOT_DELAY
     #: Seconds from the last job drained to the domain being off.
     shutdown_delay: float = 3.0
     #: Seconds between scaler ticks.
-    interval: float = 5.0
+    interval: float = defaults.SCALER_INTERVAL
     #: Seconds of CPU history the scaler averages.
-    window: float = 30.0
+    window: float = defaults.CPU_WINDOW
     #: Seconds a job may wait in the queue (the SLO).
     slo: float = 60.0
     #: VMs the pool can have (vm-1..vm-N).

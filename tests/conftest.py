@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 import pika
 import pytest
 
+from producer.licenses import LicenseGenerator
 from virtscale.broker import declare_topology, delete_topology
 from virtscale.naming import QueueNames
 
@@ -134,6 +137,43 @@ def drain_queue(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]
             taken.append((properties, body))
     finally:
         connection.close()
+
+
+def run_module(
+    module: str, *argv: str, timeout: float = 120, check: bool = False
+) -> subprocess.CompletedProcess:
+    """A component's command line, run to completion with no terminal, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=check,
+    )
+
+
+def known_jobs(count: int, seed: int, produced_at: float | None = None) -> tuple[set[str], list[bytes]]:
+    """Job bodies with ids the test knows, and those ids."""
+    generate = LicenseGenerator(seed)
+    jobs = [
+        {
+            "id": str(uuid.uuid4()),
+            "license": generate(),
+            "produced_at": time.time() if produced_at is None else produced_at,
+        }
+        for _ in range(count)
+    ]
+    return {job["id"] for job in jobs}, [json.dumps(job).encode() for job in jobs]
+
+
+def stored_ids(path: Path) -> list[str]:
+    """Every id in a collector's store (a list, so a duplicate would show); [] before it exists."""
+    try:
+        with sqlite3.connect(path) as connection:
+            return [row[0] for row in connection.execute("SELECT id FROM hashes")]
+    except sqlite3.OperationalError:
+        return []
 
 
 def queue_depth(url: str, queue: str) -> int:

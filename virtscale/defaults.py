@@ -45,5 +45,22 @@ COLLECTOR_FLUSH_INTERVAL = 0.2
 #: Seconds between progress lines on long runs.
 PROGRESS_INTERVAL = 5.0
 
+#: Seconds between scaler ticks.
+SCALER_INTERVAL = 5.0
+
+#: Seconds of CPU history the scaler averages per domain.
+CPU_WINDOW = 30.0
+
+#: RabbitMQ management API the scaler reads the queue from.
+MANAGEMENT_URL = "http://127.0.0.1:15672"
+
+#: Seconds one bcrypt cost-12 hash takes in one TCG guest vCPU, for the simulator: cost 10 took
+#: 127 ms in an uncontended guest (51 ms natively) and cost 12 is four times the rounds.
+SIM_SERVICE_TIME = 0.5
+
+#: Seconds from a domain's start to its worker consuming, for the simulator: a TCG guest took
+#: 19-24 s alone and up to 40 s while other guests loaded the host.
+SIM_BOOT_DELAY = 30.0
+
 #: Header that carries why a message was dead-lettered.
 REASON_HEADER = "x-virtscale-reason"

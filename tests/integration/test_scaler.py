@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from scaler.hypervisor import Hypervisor
 from scaler.loop import Scaler
 from scaler.policy import Policy, PolicyConfig
 from scaler.queue_monitor import QueueMonitor
-from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, wait_until
+from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, run_module, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -192,28 +190,20 @@ def test_cli_once_prints_the_event_and_starts_vms(broker_url, names, management)
         30,
         "depth visible",
     )
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scaler",
-            "run",
-            "--once",
-            "--connect",
-            f"test://{NODE}",
-            "--amqp-url",
-            broker_url,
-            "--queue",
-            names.jobs,
-            "--max",
-            "2",
-            "--target-backlog",
-            "50",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
+    run = run_module(
+        "scaler",
+        "run",
+        "--once",
+        "--connect",
+        f"test://{NODE}",
+        "--amqp-url",
+        broker_url,
+        "--queue",
+        names.jobs,
+        "--max",
+        "2",
+        "--target-backlog",
+        "50",
     )
     assert run.returncode == 0, run.stderr
     event = json.loads(run.stdout.strip().splitlines()[-1])
@@ -236,13 +226,7 @@ def test_cli_once_prints_the_event_and_starts_vms(broker_url, names, management)
     ],
 )
 def test_bad_scaler_flags_exit_2_with_one_line(argv, message):
-    run = subprocess.run(
-        [sys.executable, "-m", "scaler", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    run = run_module("scaler", *argv, timeout=60)
     assert run.returncode == 2
     lines = [line for line in run.stderr.splitlines() if "I/O warning" not in line]
     assert len(lines) == 1 and message in lines[0], run.stderr
@@ -272,23 +256,8 @@ def test_prometheus_metrics_report_the_tick(broker_url, names, management):
 
 
 def test_status_prints_the_pool_and_the_queue_once(broker_url, names, management):
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scaler",
-            "status",
-            "--connect",
-            f"test://{NODE}",
-            "--amqp-url",
-            broker_url,
-            "--queue",
-            names.jobs,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
+    run = run_module(
+        "scaler", "status", "--connect", f"test://{NODE}", "--amqp-url", broker_url, "--queue", names.jobs
     )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()

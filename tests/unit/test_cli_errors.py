@@ -1,9 +1,8 @@
 """A bad flag or value exits 2 with one line saying what to fix, for every command."""
 
-import subprocess
-import sys
-
 import pytest
+
+from tests.conftest import run_module
 
 CASES = [
     ("worker", ["--cost", "3"], "--cost: must be between 4 and 31"),
@@ -30,13 +29,7 @@ CASES = [
 
 @pytest.mark.parametrize(("module", "argv", "message"), CASES)
 def test_bad_flag_exits_2_with_one_line(module, argv, message):
-    run = subprocess.run(
-        [sys.executable, "-m", module, *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    run = run_module(module, *argv, timeout=60)
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr

@@ -1,14 +1,13 @@
 """The simulator on cases that can be checked by hand, and its determinism."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from scaler.policy import Policy, PolicyConfig
 from scaler.simulation import World, arrival_times, arrivals_per_second, simulate, slo_violation_seconds
+from tests.conftest import run_module
 
 WORLD = World(vcpus=1, service_time=0.2, boot_delay=30, shutdown_delay=3, interval=5, slo=60, pool_size=4)
 
@@ -68,9 +67,6 @@ def test_same_seed_same_result_and_another_seed_differs():
 
 def test_cli_json_has_the_contract_fields_and_is_deterministic():
     command = [
-        sys.executable,
-        "-m",
-        "scaler",
         "simulate",
         "--profile",
         "spike",
@@ -80,10 +76,7 @@ def test_cli_json_has_the_contract_fields_and_is_deterministic():
         "--seed",
         "3",
     ]
-    outputs = [
-        subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
-        for _ in range(2)
-    ]
+    outputs = [run_module("scaler", *command, check=True).stdout for _ in range(2)]
     assert outputs[0] == outputs[1]
     result = json.loads(outputs[0])
     assert {
@@ -108,21 +101,9 @@ def test_events_file_becomes_a_replayable_trace(tmp_path):
         )
         + "\n"
     )
-    trace = subprocess.run(
-        [sys.executable, "-m", "scaler", "trace", str(events)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    trace = run_module("scaler", "trace", str(events), timeout=60, check=True).stdout
     assert trace.splitlines() == ["time,rate", "0,0.0", "5,4.0", "10,8.0", "15,0.0", "20,2.0"]
     path = tmp_path / "trace.csv"
     path.write_text(trace)
-    replay = subprocess.run(
-        [sys.executable, "-m", "scaler", "simulate", "--trace", str(path), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    replay = run_module("scaler", "simulate", "--trace", str(path), "--json", timeout=60, check=True).stdout
     assert json.loads(replay)["load"] == str(path)

@@ -3,10 +3,8 @@ and a VM destroyed mid-work. Slow by nature; marker `vm`."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,12 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from producer.licenses import LicenseGenerator
 from scaler.hypervisor import Hypervisor
 from scaler.loop import Scaler
 from scaler.policy import DESTROY, SHUTDOWN, START, Policy, PolicyConfig
 from scaler.queue_monitor import QueueMonitor
-from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, wait_until
+from tests.conftest import (
+    MANAGEMENT_URL,
+    known_jobs,
+    port_open,
+    publish_raw,
+    require,
+    stored_ids,
+    wait_until,
+)
 from virtscale.broker import declare_topology, delete_topology, queue_counts
 from virtscale.naming import QueueNames
 
@@ -86,22 +91,6 @@ def vm_queue(broker_url, tmp_path_factory):
 
 def monitor_for(names, broker_url):
     return QueueMonitor(MANAGEMENT_URL, ("guest", "guest"), "/", names.jobs, broker_url)
-
-
-def known_jobs(count: int, seed: int) -> tuple[set[str], list[bytes]]:
-    generate = LicenseGenerator(seed)
-    jobs = [
-        {"id": str(uuid.uuid4()), "license": generate(), "produced_at": time.time()} for _ in range(count)
-    ]
-    return {job["id"] for job in jobs}, [json.dumps(job).encode() for job in jobs]
-
-
-def stored_ids(db: Path) -> list[str]:
-    try:
-        with sqlite3.connect(db) as connection:
-            return [row[0] for row in connection.execute("SELECT id FROM hashes")]
-    except sqlite3.OperationalError:
-        return []
 
 
 def all_off(hypervisor: Hypervisor) -> None:
