@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import bcrypt
 import pika
 
-from producer.licenses import LicenseGenerator
-from producer.publisher import Producer
+from virtscale.producer.licenses import LicenseGenerator
+from virtscale.producer.publisher import Producer
 from virtscale.broker import declare_topology, delete_topology
 from virtscale.naming import QueueNames
-from worker.consumer import default_concurrency
+from virtscale.worker.consumer import default_concurrency
 
 URL = os.environ.get("VIRTSCALE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -49,7 +49,7 @@ def pipeline_rate(cost: int, jobs: int, slots: int, extra: list[str]) -> float:
             [
                 sys.executable,
                 "-m",
-                "worker",
+                "virtscale.worker",
                 "--amqp-url",
                 URL,
                 "--queue",

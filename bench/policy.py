@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from scaler.plots import plot_simulation
-from scaler.policy import PolicyConfig
-from scaler.simulate import POLICIES, STANDARD_PROFILES, make_policy, table
-from scaler.simulation import World, arrival_times, arrivals_per_second, simulate
+from virtscale.scaler.plots import plot_simulation
+from virtscale.scaler.policy import PolicyConfig
+from virtscale.scaler.simulate import POLICIES, STANDARD_PROFILES, make_policy, table
+from virtscale.scaler.simulator import World, arrival_times, arrivals_per_second, simulate
 from virtscale.load import profile_rate
 
 SEEDS = (1, 2, 3)

@@ -66,9 +66,10 @@ runcmd:
 def code_tarball() -> str:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for package in ("virtscale", "worker"):
-            for path in sorted((ROOT / package).glob("*.py")):
-                archive.add(path, arcname=f"virtscale/{package}/{path.name}")
+        # Laid out as installed: virtscale/ and virtscale/worker/ (setup.cfg's package_dir).
+        for folder, installed_as in (("virtscale", "virtscale"), ("worker", "virtscale/worker")):
+            for path in sorted((ROOT / folder).glob("*.py")):
+                archive.add(path, arcname=f"virtscale/{installed_as}/{path.name}")
     return base64.b64encode(buffer.getvalue()).decode()
 
 

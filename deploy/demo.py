@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scaler.plots import plot_events  # noqa: E402
+from virtscale.scaler.plots import plot_events  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 OUT = ROOT / "var" / "demo"

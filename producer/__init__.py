@@ -1,1 +1,1 @@
-"""The producer (publishes license jobs) and the collector (stores their hashes)."""
+"""The producer: publish license-number jobs at a rate, a load profile or a trace."""

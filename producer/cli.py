@@ -11,8 +11,8 @@ import signal
 import sys
 import threading
 
-from producer.licenses import LicenseGenerator
-from producer.publisher import Producer
+from virtscale.producer.licenses import LicenseGenerator
+from virtscale.producer.publisher import Producer
 from virtscale import defaults
 from virtscale.broker import BrokerRefused
 from virtscale.config import (

@@ -1,5 +1,5 @@
 import sys
 
-from scaler.cli import main
+from virtscale.scaler.cli import main
 
 sys.exit(main())

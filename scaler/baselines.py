@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from scaler.policy import Observation, Policy, PolicyConfig, VmView
+from virtscale.scaler.policy import Observation, Policy, PolicyConfig, VmView
 
 
 class OriginalPolicy(Policy):

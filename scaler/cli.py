@@ -16,10 +16,10 @@ import sys
 import threading
 import urllib.parse
 
-from scaler.hypervisor import Hypervisor, HypervisorRefused, HypervisorUnavailable
-from scaler.loop import EventsFile, Scaler, TickReport
-from scaler.policy import Policy, PolicyConfig
-from scaler.queue_monitor import QueueMonitor
+from virtscale.scaler.hypervisor import Hypervisor, HypervisorRefused, HypervisorUnavailable
+from virtscale.scaler.loop import EventsFile, Scaler, TickReport
+from virtscale.scaler.policy import Policy, PolicyConfig
+from virtscale.scaler.queue_monitor import QueueMonitor
 from virtscale import defaults
 from virtscale.config import (
     OneLineParser,
@@ -194,7 +194,7 @@ def build_parser() -> OneLineParser:
     status = commands.add_parser("status", help="the pool and the queue, once")
     add_pool_options(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    from scaler.simulate import add_simulate_parser
+    from virtscale.scaler.simulate import add_simulate_parser
 
     add_simulate_parser(commands)
     return parser
@@ -256,7 +256,7 @@ def fmt(value, spec: str = "") -> str:
 
 
 def run_loop(parser: OneLineParser, args: argparse.Namespace) -> int:
-    from scaler.metrics import ScalerMetrics
+    from virtscale.scaler.metrics import ScalerMetrics
 
     config = policy_config(parser, args)
     events = EventsFile(args.events) if args.events else None
@@ -329,6 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         return run_loop(parser, args)
     if args.command == "status":
         return show_status(parser, args)
-    from scaler.simulate import run_simulation
+    from virtscale.scaler.simulate import run_simulation
 
     return run_simulation(parser, args)

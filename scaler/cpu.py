@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from scaler.hypervisor import DomainSample
+from virtscale.scaler.hypervisor import DomainSample
 
 
 class CpuWindow:

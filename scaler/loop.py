@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from scaler.cpu import CpuWindow
-from scaler.hypervisor import ActionFailed, DomainSample, Hypervisor, HypervisorUnavailable
-from scaler.policy import DESTROY, SHUTDOWN, START, Decision, Observation, Policy, VmView
-from scaler.queue_monitor import QueueMonitor, QueueReading
+from virtscale.scaler.cpu import CpuWindow
+from virtscale.scaler.hypervisor import ActionFailed, DomainSample, Hypervisor, HypervisorUnavailable
+from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Decision, Observation, Policy, VmView
+from virtscale.scaler.queue_monitor import QueueMonitor, QueueReading
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import collections
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from scaler.loop import TickReport
+from virtscale.scaler.loop import TickReport
 
 
 class ScalerMetrics:

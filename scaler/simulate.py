@@ -12,9 +12,9 @@ import json
 import sys
 from dataclasses import replace
 
-from scaler.baselines import HpaCpuPolicy, KedaPolicy, OraclePolicy, OriginalPolicy
-from scaler.policy import Policy, PolicyConfig
-from scaler.simulation import World, arrival_times, arrivals_per_second, simulate
+from virtscale.scaler.baselines import HpaCpuPolicy, KedaPolicy, OraclePolicy, OriginalPolicy
+from virtscale.scaler.policy import Policy, PolicyConfig
+from virtscale.scaler.simulator import World, arrival_times, arrivals_per_second, simulate
 from virtscale.config import non_negative_int, positive_float, positive_int
 from virtscale.load import PROFILES, ProfileSpec, TraceError, load_trace, profile_rate
 
@@ -34,7 +34,7 @@ STANDARD_PROFILES = {
 
 
 def add_simulate_parser(commands) -> None:
-    from scaler.cli import add_policy_options
+    from virtscale.scaler.cli import add_policy_options
 
     parser = commands.add_parser("simulate", help="replay load against a policy, offline")
     add_policy_options(parser)
@@ -136,7 +136,7 @@ def load_from(parser: argparse.ArgumentParser, args: argparse.Namespace):
 def run_simulation(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "trace":
         return events_to_trace(args.events)
-    from scaler.cli import policy_config
+    from virtscale.scaler.cli import policy_config
 
     config = policy_config(parser, args)
     world = World(
@@ -163,7 +163,7 @@ def run_simulation(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     else:
         print(table(summaries))
     if args.plot:
-        from scaler.plots import plot_simulation
+        from virtscale.scaler.plots import plot_simulation
 
         plot_simulation(results, args.plot, f"{label}: load, backlog and VMs")
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from producer.licenses import LicenseGenerator
+from virtscale.producer.licenses import LicenseGenerator
 from virtscale.broker import declare_topology, delete_topology
 from virtscale.naming import QueueNames
 

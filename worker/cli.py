@@ -19,7 +19,7 @@ from virtscale.config import (
     queue_names,
     resolve_amqp_url,
 )
-from worker.consumer import Worker, default_concurrency
+from virtscale.worker.consumer import Worker, default_concurrency
 
 log = logging.getLogger("worker")
 

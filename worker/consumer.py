@@ -21,7 +21,7 @@ from virtscale import defaults
 from virtscale.broker import Session, keep_running
 from virtscale.messages import InvalidMessage, Job, Result, parse_job
 from virtscale.naming import QueueNames, worker_consumer_tag
-from worker.hashing import hash_license
+from virtscale.worker.hashing import hash_license
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ PACKAGES=systemd,systemd-sysv,udev,dbus,kmod,iproute2,nftables,linux-image-amd64
 log() { printf 'image: %s\n' "$*" >&2; }
 
 source_hash() {
-  { find virtscale worker deploy/image -type f \( -name '*.py' -o -name '*.sh' -o -name '*.service' \
+  { find virtscale worker deploy/image deploy/virtscale-worker.service -type f \( -name '*.py' -o -name '*.sh' -o -name '*.service' \
       -o -name '*.conf' -o -name '*.network' \) -print0 | sort -z | xargs -0 sha256sum; echo "$SUITE $PACKAGES"; } \
     | sha256sum | cut -c1-16
 }

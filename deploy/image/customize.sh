@@ -4,12 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$1
 
-install -d "$root/opt/virtscale"
-for package in virtscale worker; do
-  rm -rf "$root/opt/virtscale/$package"
-  install -d "$root/opt/virtscale/$package"
-  install -m 0644 "$package"/*.py "$root/opt/virtscale/$package/"
-done
+# The same import names as an installed virtscale: the shared code as virtscale, the worker
+# as virtscale.worker (see setup.cfg's package_dir).
+rm -rf "$root/opt/virtscale/virtscale"
+install -d "$root/opt/virtscale/virtscale/worker"
+install -m 0644 virtscale/*.py "$root/opt/virtscale/virtscale/"
+install -m 0644 worker/*.py "$root/opt/virtscale/virtscale/worker/"
 install -m 0755 deploy/image/guest-config.py deploy/image/egress-probe.py "$root/opt/virtscale/"
 install -m 0644 deploy/virtscale-worker.service deploy/image/virtscale-config.service \
   deploy/image/virtscale-egress-probe.service "$root/etc/systemd/system/"

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from producer.licenses import LicenseGenerator
-from producer.store import Store
+from virtscale.producer.licenses import LicenseGenerator
+from virtscale.collector.store import Store
 from tests.conftest import drain_queue, known_jobs, publish_raw, queue_depth, stored_ids, wait_until
 from tests.support.proxy import CuttableProxy
 from virtscale import defaults
@@ -24,7 +24,7 @@ def common(url, names):
 
 def start_collector(processes, url, names, store_url, *extra):
     return processes.start(
-        "producer.collector_cli",
+        "virtscale.collector",
         "run",
         *common(url, names),
         "--store",
@@ -36,7 +36,7 @@ def start_collector(processes, url, names, store_url, *extra):
 
 def start_worker(processes, url, names, name, cost="4", *extra):
     return processes.start(
-        "worker",
+        "virtscale.worker",
         *common(url, names),
         "--cost",
         cost,
@@ -58,7 +58,7 @@ def test_end_to_end_with_several_workers(broker_url, names, processes, tmp_path)
     collector = start_collector(processes, broker_url, names, f"sqlite:///{db}")
     workers = [start_worker(processes, broker_url, names, f"w{i}") for i in range(3)]
     producer = processes.start(
-        "producer",
+        "virtscale.producer",
         *common(broker_url, names),
         "--count",
         "600",
@@ -109,7 +109,7 @@ def test_connection_cut_mid_run_every_component_recovers(broker_url, names, proc
         start_collector(processes, url, names, f"sqlite:///{db}")
         start_worker(processes, url, names, "w-cut")
         producer = processes.start(
-            "producer",
+            "virtscale.producer",
             *common(url, names),
             "--count",
             "400",
@@ -172,7 +172,7 @@ def test_no_license_number_in_any_log_or_the_store(broker_url, names, processes,
     start_collector(processes, broker_url, names, f"sqlite:///{db}", "--log-level", "DEBUG")
     start_worker(processes, broker_url, names, "w-quiet", "4", "--log-level", "DEBUG")
     producer = processes.start(
-        "producer",
+        "virtscale.producer",
         *common(broker_url, names),
         "--count",
         "200",
@@ -197,7 +197,7 @@ def test_no_license_number_in_any_log_or_the_store(broker_url, names, processes,
 
 def test_refused_credentials_exit_non_zero_with_one_clear_line(broker_url, names, processes):
     worker = processes.start(
-        "worker",
+        "virtscale.worker",
         "--amqp-url",
         "amqp://nobody:wrong@127.0.0.1:5672/%2F",
         "--queue",
@@ -210,7 +210,7 @@ def test_refused_credentials_exit_non_zero_with_one_clear_line(broker_url, names
 
 def test_missing_queue_is_a_clear_fatal_error(broker_url, processes):
     worker = processes.start(
-        "worker", "--amqp-url", broker_url, "--queue", f"absent-{uuid.uuid4().hex}", name="absent"
+        "virtscale.worker", "--amqp-url", broker_url, "--queue", f"absent-{uuid.uuid4().hex}", name="absent"
     )
     assert worker.wait(60) == 1
     assert "make broker" in processes.output(worker)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from scaler.hypervisor import Hypervisor
-from scaler.loop import Scaler
-from scaler.policy import Policy, PolicyConfig
-from scaler.queue_monitor import QueueMonitor
+from virtscale.scaler.hypervisor import Hypervisor
+from virtscale.scaler.loop import Scaler
+from virtscale.scaler.policy import Policy, PolicyConfig
+from virtscale.scaler.queue_monitor import QueueMonitor
 from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, run_module, wait_until
 
 pytestmark = pytest.mark.broker
@@ -101,7 +101,7 @@ def test_an_idle_queue_shuts_vms_down_after_stabilization(broker_url, names, man
         connection.lookupByName(name).create()
         # The guest's worker, played here by a local worker process with the domain's name.
         processes.start(
-            "worker",
+            "virtscale.worker",
             "--amqp-url",
             broker_url,
             "--queue",
@@ -191,7 +191,7 @@ def test_cli_once_prints_the_event_and_starts_vms(broker_url, names, management)
         "depth visible",
     )
     run = run_module(
-        "scaler",
+        "virtscale.scaler",
         "run",
         "--once",
         "--connect",
@@ -226,7 +226,7 @@ def test_cli_once_prints_the_event_and_starts_vms(broker_url, names, management)
     ],
 )
 def test_bad_scaler_flags_exit_2_with_one_line(argv, message):
-    run = run_module("scaler", *argv, timeout=60)
+    run = run_module("virtscale.scaler", *argv, timeout=60)
     assert run.returncode == 2
     lines = [line for line in run.stderr.splitlines() if "I/O warning" not in line]
     assert len(lines) == 1 and message in lines[0], run.stderr
@@ -237,7 +237,7 @@ def test_prometheus_metrics_report_the_tick(broker_url, names, management):
 
     import requests
 
-    from scaler.metrics import ScalerMetrics
+    from virtscale.scaler.metrics import ScalerMetrics
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -257,7 +257,14 @@ def test_prometheus_metrics_report_the_tick(broker_url, names, management):
 
 def test_status_prints_the_pool_and_the_queue_once(broker_url, names, management):
     run = run_module(
-        "scaler", "status", "--connect", f"test://{NODE}", "--amqp-url", broker_url, "--queue", names.jobs
+        "virtscale.scaler",
+        "status",
+        "--connect",
+        f"test://{NODE}",
+        "--amqp-url",
+        broker_url,
+        "--queue",
+        names.jobs,
     )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()

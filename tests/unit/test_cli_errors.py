@@ -5,25 +5,25 @@ import pytest
 from tests.conftest import run_module
 
 CASES = [
-    ("worker", ["--cost", "3"], "--cost: must be between 4 and 31"),
-    ("worker", ["--cost", "twelve"], "--cost: must be a whole number"),
-    ("worker", ["--concurrency", "0"], "--concurrency: must be a whole number above 0"),
-    ("worker", ["--amqp-url", "http://x"], "--amqp-url must look like amqp://"),
-    ("worker", ["--queue", "bad queue!"], "--queue: must be 1-200 letters"),
+    ("virtscale.worker", ["--cost", "3"], "--cost: must be between 4 and 31"),
+    ("virtscale.worker", ["--cost", "twelve"], "--cost: must be a whole number"),
+    ("virtscale.worker", ["--concurrency", "0"], "--concurrency: must be a whole number above 0"),
+    ("virtscale.worker", ["--amqp-url", "http://x"], "--amqp-url must look like amqp://"),
+    ("virtscale.worker", ["--queue", "bad queue!"], "--queue: must be 1-200 letters"),
     (
-        "worker",
+        "virtscale.worker",
         ["--password-file", "/nonexistent/pw"],
         "--password-file '/nonexistent/pw' cannot be read",
     ),
-    ("worker", ["--bogus"], "unrecognized arguments: --bogus"),
-    ("producer", ["--delta", "-1"], "--delta: must be greater than 0"),
-    ("producer", ["--rate", "5", "--delta", "1"], "not allowed with argument"),
-    ("producer", ["--profile", "zigzag"], "invalid choice: 'zigzag'"),
-    ("producer", ["--trace", "/nonexistent.csv"], "/nonexistent.csv: cannot read"),
-    ("producer", ["--count", "-5"], "--count: must be a whole number, 0 or more"),
-    ("producer", ["--rate", "inf"], "must be a finite number"),
-    ("producer.collector_cli", ["--store", "mysql://x"], "--store must look like sqlite:///"),
-    ("producer.collector_cli", ["--batch", "0"], "--batch: must be a whole number above 0"),
+    ("virtscale.worker", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("virtscale.producer", ["--delta", "-1"], "--delta: must be greater than 0"),
+    ("virtscale.producer", ["--rate", "5", "--delta", "1"], "not allowed with argument"),
+    ("virtscale.producer", ["--profile", "zigzag"], "invalid choice: 'zigzag'"),
+    ("virtscale.producer", ["--trace", "/nonexistent.csv"], "/nonexistent.csv: cannot read"),
+    ("virtscale.producer", ["--count", "-5"], "--count: must be a whole number, 0 or more"),
+    ("virtscale.producer", ["--rate", "inf"], "must be a finite number"),
+    ("virtscale.collector", ["--store", "mysql://x"], "--store must look like sqlite:///"),
+    ("virtscale.collector", ["--batch", "0"], "--batch: must be a whole number above 0"),
 ]
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from scaler.cpu import CpuWindow
-from scaler.hypervisor import DomainSample
+from virtscale.scaler.cpu import CpuWindow
+from virtscale.scaler.hypervisor import DomainSample
 
 NS = 1_000_000_000
 

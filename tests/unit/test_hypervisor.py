@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from scaler.hypervisor import ActionFailed, Hypervisor, HypervisorRefused
+from virtscale.scaler.hypervisor import ActionFailed, Hypervisor, HypervisorRefused
 
 NODE = Path(__file__).parent.parent / "data" / "pool-node.xml"
 

@@ -1,6 +1,6 @@
 import re
 
-from producer.licenses import STATE_CODES, LicenseGenerator
+from virtscale.producer.licenses import STATE_CODES, LicenseGenerator
 
 FORMAT = re.compile(r"^([A-Z]{2})-(\d{2})-([A-HJ-NP-Z]{2})-(\d{4})$")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, PolicyConfig, VmView
+from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, PolicyConfig, VmView
 
 CONFIG = PolicyConfig(
     min_vms=1,

@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from producer.store import Store, StoreError, sqlite_path
+from virtscale.collector.store import Store, StoreError, sqlite_path
 from virtscale.messages import Result
 
 

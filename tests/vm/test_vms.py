@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from scaler.hypervisor import Hypervisor
-from scaler.loop import Scaler
-from scaler.policy import DESTROY, SHUTDOWN, START, Policy, PolicyConfig
-from scaler.queue_monitor import QueueMonitor
+from virtscale.scaler.hypervisor import Hypervisor
+from virtscale.scaler.loop import Scaler
+from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Policy, PolicyConfig
+from virtscale.scaler.queue_monitor import QueueMonitor
 from tests.conftest import (
     MANAGEMENT_URL,
     known_jobs,
@@ -103,7 +103,7 @@ def start_pool(vm_queue, broker_url, processes, tmp_path, **policy) -> tuple[Pat
     """A collector into a fresh store, every test VM off, and a scaler with the given policy."""
     db = tmp_path / "hashes.db"
     processes.start(
-        "producer.collector_cli",
+        "virtscale.collector",
         "run",
         "--amqp-url",
         broker_url,

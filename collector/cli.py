@@ -6,8 +6,8 @@ import json
 import signal
 import sys
 
-from producer.collector import Collector
-from producer.store import Store, StoreError
+from virtscale.collector.consumer import Collector
+from virtscale.collector.store import Store, StoreError
 from virtscale import defaults
 from virtscale.broker import BrokerRefused, BrokerUnavailable, queue_counts
 from virtscale.config import (

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, VmView
+from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, VmView
 from virtscale import defaults
 from virtscale.load import Rate
 

@@ -8,7 +8,7 @@ import time
 
 import pika
 
-from producer.store import Store
+from virtscale.collector.store import Store
 from virtscale import defaults
 from virtscale.broker import Session, keep_running
 from virtscale.messages import InvalidMessage, Result, parse_result

@@ -1,0 +1,1 @@
+"""The collector: consume result hashes and store them (never a license number)."""

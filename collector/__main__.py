@@ -1,0 +1,5 @@
+import sys
+
+from virtscale.collector.cli import main
+
+sys.exit(main())
