@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 import pika
-
 from virtscale.producer.licenses import LicenseGenerator
 from virtscale.producer.publisher import Producer
+from virtscale.worker.consumer import default_concurrency
+
 from virtscale.broker import declare_topology, delete_topology
 from virtscale.naming import QueueNames
-from virtscale.worker.consumer import default_concurrency
 
 URL = os.environ.get("VIRTSCALE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 

@@ -13,6 +13,7 @@ from virtscale.scaler.plots import plot_simulation
 from virtscale.scaler.policy import PolicyConfig
 from virtscale.scaler.simulate import POLICIES, STANDARD_PROFILES, make_policy, table
 from virtscale.scaler.simulator import World, arrival_times, arrivals_per_second, simulate
+
 from virtscale.load import profile_rate
 
 SEEDS = (1, 2, 3)

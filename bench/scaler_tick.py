@@ -12,6 +12,7 @@ from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
 from virtscale.scaler.policy import Policy, PolicyConfig
 from virtscale.scaler.queue_monitor import QueueMonitor
+
 from virtscale import defaults
 
 URL = os.environ.get("VIRTSCALE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")

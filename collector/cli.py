@@ -8,6 +8,7 @@ import sys
 
 from virtscale.collector.consumer import Collector
 from virtscale.collector.store import Store, StoreError
+
 from virtscale import defaults
 from virtscale.broker import BrokerRefused, BrokerUnavailable, queue_counts
 from virtscale.config import (

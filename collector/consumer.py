@@ -7,8 +7,8 @@ import threading
 import time
 
 import pika
-
 from virtscale.collector.store import Store
+
 from virtscale import defaults
 from virtscale.broker import Session, keep_running
 from virtscale.messages import InvalidMessage, Result, parse_result

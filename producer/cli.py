@@ -13,6 +13,7 @@ import threading
 
 from virtscale.producer.licenses import LicenseGenerator
 from virtscale.producer.publisher import Producer
+
 from virtscale import defaults
 from virtscale.broker import BrokerRefused
 from virtscale.config import (

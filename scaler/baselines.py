@@ -11,7 +11,6 @@ import math
 from dataclasses import replace
 
 import numpy as np
-
 from virtscale.scaler.policy import Observation, Policy, PolicyConfig, VmView
 
 

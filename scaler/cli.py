@@ -20,6 +20,7 @@ from virtscale.scaler.hypervisor import Hypervisor, HypervisorRefused, Hyperviso
 from virtscale.scaler.loop import EventsFile, Scaler, TickReport
 from virtscale.scaler.policy import Policy, PolicyConfig
 from virtscale.scaler.queue_monitor import QueueMonitor
+
 from virtscale import defaults
 from virtscale.config import (
     OneLineParser,

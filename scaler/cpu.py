@@ -12,7 +12,6 @@ import collections
 from collections.abc import Iterable
 
 import numpy as np
-
 from virtscale.scaler.hypervisor import DomainSample
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-
 from virtscale.scaler.loop import TickReport
 
 

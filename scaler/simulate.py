@@ -15,6 +15,7 @@ from dataclasses import replace
 from virtscale.scaler.baselines import HpaCpuPolicy, KedaPolicy, OraclePolicy, OriginalPolicy
 from virtscale.scaler.policy import Policy, PolicyConfig
 from virtscale.scaler.simulator import World, arrival_times, arrivals_per_second, simulate
+
 from virtscale.config import non_negative_int, positive_float, positive_int
 from virtscale.load import PROFILES, ProfileSpec, TraceError, load_trace, profile_rate
 

@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, VmView
+
 from virtscale import defaults
 from virtscale.load import Rate
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pika
 import pytest
-
 from virtscale.producer.licenses import LicenseGenerator
+
 from virtscale.broker import declare_topology, delete_topology
 from virtscale.naming import QueueNames
 

@@ -9,6 +9,8 @@ import signal
 import socket
 import sys
 
+from virtscale.worker.consumer import Worker, default_concurrency
+
 from virtscale import defaults
 from virtscale.broker import BrokerRefused
 from virtscale.config import (
@@ -19,7 +21,6 @@ from virtscale.config import (
     queue_names,
     resolve_amqp_url,
 )
-from virtscale.worker.consumer import Worker, default_concurrency
 
 log = logging.getLogger("worker")
 

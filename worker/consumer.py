@@ -16,12 +16,12 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pika
+from virtscale.worker.hashing import hash_license
 
 from virtscale import defaults
 from virtscale.broker import Session, keep_running
 from virtscale.messages import InvalidMessage, Job, Result, parse_job
 from virtscale.naming import QueueNames, worker_consumer_tag
-from virtscale.worker.hashing import hash_license
 
 log = logging.getLogger(__name__)
 

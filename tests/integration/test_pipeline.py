@@ -8,9 +8,9 @@ import sqlite3
 import uuid
 
 import pytest
-
-from virtscale.producer.licenses import LicenseGenerator
 from virtscale.collector.store import Store
+from virtscale.producer.licenses import LicenseGenerator
+
 from tests.conftest import drain_queue, known_jobs, publish_raw, queue_depth, stored_ids, wait_until
 from tests.support.proxy import CuttableProxy
 from virtscale import defaults

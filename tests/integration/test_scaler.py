@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
-
 from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
 from virtscale.scaler.policy import Policy, PolicyConfig
 from virtscale.scaler.queue_monitor import QueueMonitor
+
 from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, run_module, wait_until
 
 pytestmark = pytest.mark.broker
@@ -236,7 +236,6 @@ def test_prometheus_metrics_report_the_tick(broker_url, names, management):
     import socket
 
     import requests
-
     from virtscale.scaler.metrics import ScalerMetrics
 
     with socket.socket() as probe:

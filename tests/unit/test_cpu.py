@@ -1,5 +1,4 @@
 import pytest
-
 from virtscale.scaler.cpu import CpuWindow
 from virtscale.scaler.hypervisor import DomainSample
 

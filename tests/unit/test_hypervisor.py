@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from virtscale.scaler.hypervisor import ActionFailed, Hypervisor, HypervisorRefused
 
 NODE = Path(__file__).parent.parent / "data" / "pool-node.xml"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, PolicyConfig, VmView
 
 CONFIG = PolicyConfig(

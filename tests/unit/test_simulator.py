@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from virtscale.scaler.policy import Policy, PolicyConfig
 from virtscale.scaler.simulator import (
     World,
@@ -13,6 +12,7 @@ from virtscale.scaler.simulator import (
     simulate,
     slo_violation_seconds,
 )
+
 from tests.conftest import run_module
 
 WORLD = World(vcpus=1, service_time=0.2, boot_delay=30, shutdown_delay=3, interval=5, slo=60, pool_size=4)

@@ -2,8 +2,8 @@ import sqlite3
 import uuid
 
 import pytest
-
 from virtscale.collector.store import Store, StoreError, sqlite_path
+
 from virtscale.messages import Result
 
 

@@ -12,11 +12,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
 from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Policy, PolicyConfig
 from virtscale.scaler.queue_monitor import QueueMonitor
+
 from tests.conftest import (
     MANAGEMENT_URL,
     known_jobs,
