@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         store = Store(args.store)
     except StoreError as exc:
         parser.error(str(exc))
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     names = queue_names(args)
     if args.command == "stats":
         stats = store.stats()

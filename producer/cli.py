@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     url = resolve_amqp_url(parser, args)
     rate, duration = pacing_from(parser, args)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     producer = Producer(
         url,
         queue_names(args),

@@ -325,7 +325,7 @@ def show_status(parser: OneLineParser, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     if args.command == "run":
         return run_loop(parser, args)
     if args.command == "status":

@@ -16,7 +16,13 @@ from virtscale.scaler.baselines import HpaCpuPolicy, KedaPolicy, OraclePolicy, O
 from virtscale.scaler.policy import Policy, PolicyConfig
 from virtscale.scaler.simulator import World, arrival_times, arrivals_per_second, simulate
 
-from virtscale.config import non_negative_int, positive_float, positive_int
+from virtscale.config import (
+    add_logging_options,
+    add_version_option,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from virtscale.load import PROFILES, ProfileSpec, TraceError, load_trace, profile_rate
 
 POLICIES = ("default", "original", "keda", "hpa-cpu", "oracle")
@@ -89,11 +95,13 @@ def add_simulate_parser(commands) -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed for arrivals (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object (a list with --policy all)")
     parser.add_argument("--plot", metavar="FILE.png", help="plot load, backlog and VMs over time")
-    parser.add_argument("--log-level", default="WARNING", help="log verbosity (default: %(default)s)")
+    add_logging_options(parser, default_level="WARNING")
+    add_version_option(parser)
 
     trace = commands.add_parser("trace", help="turn a live run's --events file into a time,rate trace")
     trace.add_argument("events", help="events file written by `run --events`")
-    trace.add_argument("--log-level", default="WARNING")
+    add_logging_options(trace, default_level="WARNING")
+    add_version_option(trace)
 
 
 def make_policy(name: str, config: PolicyConfig, world: World, counts) -> Policy:

@@ -7,6 +7,8 @@ it is validated once at start-up and a bad value exits 2 with one line saying wh
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import logging
 import os
 import re
@@ -14,7 +16,7 @@ import sys
 import urllib.parse
 from typing import NoReturn
 
-from virtscale import defaults
+from virtscale import __version__, defaults
 from virtscale.naming import QueueNames
 
 #: What a license number looks like; used only to scrub it should one ever reach a log line.
@@ -75,15 +77,61 @@ def queue_name(text: str) -> str:
     return text
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+
+def log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(LOG_LEVELS)}, got {text!r} (the flag or VIRTSCALE_LOG_LEVEL)"
+        )
+    return value
+
+
+def log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_FORMATS)}, got {text!r}")
+    return value
+
+
+def add_version_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def add_logging_options(parser: argparse.ArgumentParser, default_level: str = "INFO") -> None:
+    """--log-level and --log-format. Their defaults come from the environment as text, so a bad
+    VIRTSCALE_LOG_LEVEL is reported like a bad flag (argparse converts string defaults too)."""
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        metavar="LEVEL",
+        default=os.environ.get("VIRTSCALE_LOG_LEVEL", default_level),
+        help=f"{', '.join(LOG_LEVELS)} (env VIRTSCALE_LOG_LEVEL; default: {default_level})",
+    )
+    parser.add_argument(
+        "--log-format",
+        type=log_format,
+        metavar="FORMAT",
+        default=os.environ.get("VIRTSCALE_LOG_FORMAT", "text"),
+        help="text, or json: one object a line for journald and log shippers "
+        "(env VIRTSCALE_LOG_FORMAT; default: text)",
+    )
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """The flags every command takes: broker, queue, logging."""
+    """The flags every broker client takes: broker, queue, logging, version."""
     parser.add_argument(
         "--amqp-url",
+        metavar="URL",
         default=os.environ.get("VIRTSCALE_AMQP_URL", defaults.AMQP_URL),
         help="broker URL, amqp:// or amqps:// (env VIRTSCALE_AMQP_URL; default: %(default)s)",
     )
     parser.add_argument(
         "--password-file",
+        metavar="FILE",
         default=os.environ.get("VIRTSCALE_AMQP_PASSWORD_FILE"),
         help="file holding the broker password, which replaces the one in the URL "
         "(env VIRTSCALE_AMQP_PASSWORD_FILE, or the password itself in VIRTSCALE_AMQP_PASSWORD)",
@@ -91,16 +139,13 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue",
         type=queue_name,
+        metavar="QUEUE",
         default=os.environ.get("VIRTSCALE_QUEUE", defaults.QUEUE),
-        help="job queue; results on QUEUE.hashed, dead letters on QUEUE.dead (default: %(default)s)",
+        help="job queue; results on QUEUE.hashed, dead letters on QUEUE.dead "
+        "(env VIRTSCALE_QUEUE; default: %(default)s)",
     )
-    parser.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        default=os.environ.get("VIRTSCALE_LOG_LEVEL", "INFO").upper(),
-        help="log verbosity (default: %(default)s)",
-    )
+    add_logging_options(parser)
+    add_version_option(parser)
 
 
 def resolve_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
@@ -140,23 +185,52 @@ def queue_names(args: argparse.Namespace) -> QueueNames:
     return QueueNames(args.queue)
 
 
-class _ScrubLicenses(logging.Filter):
-    """Defence in depth: a license number that ever reaches a log record is replaced."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if LICENSE_PATTERN.search(message):
-            record.msg = LICENSE_PATTERN.sub("[license]", message)
-            record.args = ()
-        return True
+def scrub_licenses(text: str) -> str:
+    """``text`` with anything shaped like a license number replaced."""
+    return LICENSE_PATTERN.sub("[license]", text)
 
 
-def configure_logging(level: str) -> None:
+class _TextFormatter(logging.Formatter):
+    """Date and time, level, logger, message; the whole formatted record (a traceback included)
+    is scrubbed: defence in depth, should a license number ever reach a log record."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub_licenses(super().format(record))
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (ISO 8601, UTC), level, logger, message, traceback if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": scrub_licenses(record.getMessage()),
+        }
+        if record.exc_info:
+            entry["traceback"] = scrub_licenses(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+#: Libraries whose own log lines repeat what ours already say (pika logs an ERROR and a
+#: traceback for every failed reconnect attempt; our one WARNING per attempt says it all).
+QUIET_LIBRARIES = ("pika", "urllib3", "matplotlib")
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
     """Logging for a command-line entry point; library code only calls getLogger."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    handler.addFilter(_ScrubLicenses())
+    handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
+    for library in QUIET_LIBRARIES:
+        # Their warnings only at DEBUG (never their debug lines: pika's would carry message
+        # bodies); otherwise only what is critical.
+        logging.getLogger(library).setLevel(logging.WARNING if level == "DEBUG" else logging.CRITICAL)

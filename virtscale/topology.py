@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     url = resolve_amqp_url(parser, args)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         if args.command == "declare":
             declare_topology(url, queue_names(args), args.delivery_limit)

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     url = resolve_amqp_url(parser, args)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     worker = Worker(
         url,
         queue_names(args),
