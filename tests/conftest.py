@@ -140,9 +140,10 @@ def drain_queue(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]
 
 
 def run_module(
-    module: str, *argv: str, timeout: float = 120, check: bool = False
+    module: str, *argv: str, timeout: float = 120, check: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """A component's command line, run to completion with no terminal, output captured."""
+    """A component's command line, run to completion with no terminal, output captured;
+    ``env`` adds to (or overrides) this process's environment."""
     return subprocess.run(
         [sys.executable, "-m", module, *argv],
         capture_output=True,
@@ -150,6 +151,7 @@ def run_module(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
         check=check,
+        env={**os.environ, **(env or {})},
     )
 
 
