@@ -1,0 +1,84 @@
+"""Log output of every command: dated text or JSON lines, license numbers scrubbed everywhere,
+tracebacks included, and pika's own per-attempt errors kept out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+
+from virtscale.config import configure_logging
+
+LICENSE = "KL-07-AB-1234"
+
+
+class Captured:
+    """What the root handler wrote to stderr (capsys swaps sys.stderr per test phase, so the
+    handler must be made during the test)."""
+
+    def __init__(self, capsys):
+        self._capsys = capsys
+        self._text = ""
+
+    def getvalue(self) -> str:
+        self._text += self._capsys.readouterr().err
+        return self._text
+
+
+@pytest.fixture
+def captured(capsys):
+    yield Captured(capsys)
+    logging.getLogger().handlers[:] = []
+
+
+def log_with_traceback(logger: logging.Logger) -> None:
+    try:
+        raise ValueError(f"cannot hash {LICENSE}")
+    except ValueError:
+        logger.exception("job for %s failed", LICENSE)
+
+
+def test_text_lines_carry_the_date_and_no_license(captured):
+    configure_logging("INFO", "text")
+    log_with_traceback(logging.getLogger("virtscale.test"))
+    output = captured.getvalue()
+    assert re.match(
+        r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} ERROR virtscale.test: job for \[license\] failed", output
+    )
+    assert "Traceback" in output  # the traceback is there, scrubbed
+    assert LICENSE not in output
+
+
+def test_json_lines_are_objects_with_a_scrubbed_traceback(captured):
+    configure_logging("INFO", "json")
+    log_with_traceback(logging.getLogger("virtscale.test"))
+    lines = captured.getvalue().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["level"] == "ERROR"
+    assert entry["logger"] == "virtscale.test"
+    assert entry["message"] == "job for [license] failed"
+    assert "ValueError: cannot hash [license]" in entry["traceback"]
+    assert re.match(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+00:00$", entry["time"])
+    assert LICENSE not in captured.getvalue()
+
+
+def test_pika_errors_are_silenced_unless_debugging(captured):
+    configure_logging("INFO", "text")
+    logging.getLogger("pika.adapters.utils.connection_workflow").error("connection workflow failed")
+    assert captured.getvalue() == ""
+    configure_logging("DEBUG", "text")
+    logging.getLogger("pika.adapters.utils.connection_workflow").error("connection workflow failed")
+    logging.getLogger("pika.channel").debug("frame with a body")
+    assert "connection workflow failed" in captured.getvalue()
+    assert "frame with a body" not in captured.getvalue()
+
+
+def test_our_own_lines_pass_at_their_level(captured):
+    configure_logging("WARNING", "text")
+    logging.getLogger("virtscale.test").info("quiet")
+    logging.getLogger("virtscale.test").warning("loud")
+    assert "quiet" not in captured.getvalue()
+    assert "loud" in captured.getvalue()
