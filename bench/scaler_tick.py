@@ -8,12 +8,11 @@ import statistics
 import tempfile
 import time
 
+from virtscale import defaults
 from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
 from virtscale.scaler.policy import Policy, PolicyConfig
 from virtscale.scaler.queue_monitor import QueueMonitor
-
-from virtscale import defaults
 
 URL = os.environ.get("VIRTSCALE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 DOMAIN = """<domain type="test" xmlns:test="http://libvirt.org/schemas/domain/test/1.0">

@@ -12,6 +12,7 @@ import collections
 from collections.abc import Iterable
 
 import numpy as np
+
 from virtscale.scaler.hypervisor import DomainSample
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pika
 import pytest
-from virtscale.producer.licenses import LicenseGenerator
 
 from virtscale.broker import declare_topology, delete_topology
 from virtscale.naming import QueueNames
+from virtscale.producer.licenses import LicenseGenerator
 
 BROKER_URL = os.environ.get("VIRTSCALE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 MANAGEMENT_URL = os.environ.get("VIRTSCALE_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")

@@ -1,4 +1,5 @@
 import pytest
+
 from virtscale.scaler.cpu import CpuWindow
 from virtscale.scaler.hypervisor import DomainSample
 

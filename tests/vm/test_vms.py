@@ -12,10 +12,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from virtscale.scaler.hypervisor import Hypervisor
-from virtscale.scaler.loop import Scaler
-from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Policy, PolicyConfig
-from virtscale.scaler.queue_monitor import QueueMonitor
 
 from tests.conftest import (
     MANAGEMENT_URL,
@@ -28,6 +24,10 @@ from tests.conftest import (
 )
 from virtscale.broker import declare_topology, delete_topology, queue_counts
 from virtscale.naming import QueueNames
+from virtscale.scaler.hypervisor import Hypervisor
+from virtscale.scaler.loop import Scaler
+from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Policy, PolicyConfig
+from virtscale.scaler.queue_monitor import QueueMonitor
 
 # Real guests boot and drain at their own pace; each scenario bounds its own waits.
 pytestmark = [pytest.mark.vm, pytest.mark.broker, pytest.mark.timeout(1800)]
