@@ -1,8 +1,9 @@
 """The usual scaling policies, kept faithful to what they copy, for comparison in the simulator.
 
 Each reuses the default policy's bookkeeping (booting, draining, failures, acting on
-domains) and replaces only how many VMs it wants. Their parameters are fixed here, as
-the systems they copy ship them; they are not tuned against the default.
+domains) and replaces only how many VMs it wants. Their own parameters are fixed here, as
+the systems they copy ship them; they are not tuned against the default. What they share
+with it (VMs started per tick at most, the wait before scaling to zero) comes from the config.
 """
 
 from __future__ import annotations
@@ -11,15 +12,24 @@ import math
 from dataclasses import replace
 
 import numpy as np
-from virtscale.scaler.policy import Observation, Policy, PolicyConfig, VmView
+
+from virtscale.scaler.policy import ROUNDING_SLACK, Observation, Policy, PolicyConfig, VmView
+
+#: More starts in one tick than any pool has VMs: the oracle starts all it needs at once.
+UNLIMITED_STARTS = 1 << 20
 
 
 class OriginalPolicy(Policy):
-    """The original: mean CPU over a 30 s window above 80% adds one VM; below 80*(n-1)/n
-    removes one; 30 s between decisions. Nothing else: no queue signal."""
+    """The original: every 30 s it decides on the mean CPU% of the ready VMs (the scaler's CPU
+    window, 30 s by default; VMs inside their cpu_settle left out): above 80% one VM more,
+    below 80 (n-1)/n one fewer while more than one runs, else no change. One start at a time,
+    30 s apart; a removal at once. Nothing else: no queue signal."""
 
     name = "original"
+    #: Seconds between two decisions, and between two scale-ups.
     WINDOW = 30.0
+    #: Mean CPU% above which a VM is added; a VM goes when the others would stay below it.
+    THRESHOLD = 80.0
 
     def __init__(self, config: PolicyConfig):
         super().__init__(
@@ -32,32 +42,42 @@ class OriginalPolicy(Policy):
             )
         )
         self._last_decision = -math.inf
+        self._deciding = False
+
+    def _on_tick(self, obs: Observation) -> None:
+        self._deciding = obs.now - self._last_decision >= self.WINDOW
+        if self._deciding:
+            self._last_decision = obs.now
 
     def recommend(self, obs: Observation, ready: list[VmView], current: int) -> dict[str, int | None]:
-        if obs.now - self._last_decision < self.WINDOW:
+        if not self._deciding:
             return {"cpu": current}
-        self._last_decision = obs.now
         loads = self._settled_loads(ready, obs.now)
         if not loads:
             return {"cpu": current}
         mean = sum(loads) / len(loads)
         n = len(ready)
-        if mean > 80:
+        if mean > self.THRESHOLD:
             return {"cpu": current + 1}
-        if n > 1 and (80 - mean) * n > 80:  # the original's test, i.e. mean < 80 (n-1)/n
+        # The original's test, i.e. mean < 80 (n-1)/n: the others could take this VM's load.
+        if n > 1 and (self.THRESHOLD - mean) * n > self.THRESHOLD:
             return {"cpu": current - 1}
         return {"cpu": current}
 
 
 class KedaPolicy(Policy):
     """KEDA's RabbitMQ scaler in QueueLength mode on the HPA: desired = ceil(depth / target),
-    target = SLO / service time x vCPUs (AWS's backlog-per-instance recipe); the HPA's default
-    300 s scale-down stabilization and KEDA's 300 s cooldown before scaling to the minimum."""
+    target = max(1, SLO / service time x vCPUs) (AWS's backlog-per-instance recipe); no
+    scale-up cooldown, the HPA's default 300 s scale-down stabilization. Scale-up per step and
+    the wait before scaling to zero come from the config (max(4, +100%) and idle_to_zero,
+    300 s, by default: the HPA's and KEDA's cooldownPeriod)."""
 
     name = "keda"
+    #: Seconds a lower recommendation must hold before pods go (the HPA's default).
+    STABILIZATION = 300.0
 
     def __init__(self, config: PolicyConfig, *, slo: float, service_time: float, vcpus: int):
-        super().__init__(replace(config, scale_up_cooldown=0.0, scale_down_stabilization=300.0))
+        super().__init__(replace(config, scale_up_cooldown=0.0, scale_down_stabilization=self.STABILIZATION))
         self.target = max(1.0, slo / service_time * vcpus)
 
     def recommend(self, obs: Observation, ready: list[VmView], current: int) -> dict[str, int | None]:
@@ -67,15 +87,21 @@ class KedaPolicy(Policy):
 
 
 class HpaCpuPolicy(Policy):
-    """The Kubernetes HPA on CPU: desired = ceil(n x cpu / 70%), no change within a 10%
-    tolerance, 300 s scale-down stabilization, scale-up at most max(+4, +100%) per step."""
+    """The Kubernetes HPA on CPU: desired = ceil(ready x mean CPU% / 70%) over the ready VMs
+    (those inside their cpu_settle left out), no change within a 10% tolerance or without a
+    reading; no scale-up cooldown, 300 s scale-down stabilization; scale-up per step from the
+    config (max(+4, +100%) by default, as the HPA's)."""
 
     name = "hpa-cpu"
+    #: CPU% the HPA keeps the pods at.
     TARGET = 70.0
+    #: Relative distance from the target within which nothing changes.
     TOLERANCE = 0.1
+    #: Seconds a lower recommendation must hold before pods go (the HPA's default).
+    STABILIZATION = 300.0
 
     def __init__(self, config: PolicyConfig):
-        super().__init__(replace(config, scale_up_cooldown=0.0, scale_down_stabilization=300.0))
+        super().__init__(replace(config, scale_up_cooldown=0.0, scale_down_stabilization=self.STABILIZATION))
 
     def recommend(self, obs: Observation, ready: list[VmView], current: int) -> dict[str, int | None]:
         loads = self._settled_loads(ready, obs.now)
@@ -90,11 +116,15 @@ class HpaCpuPolicy(Policy):
 class OraclePolicy(Policy):
     """A reference that knows the future; not deployable.
 
-    At each tick it looks at the arrivals that VMs started now would serve, from one boot
-    delay ahead to one interval after that, and runs the fewest VMs whose capacity clears,
-    within every SLO-long window there, the work that arrives in it:
-    ceil(max arrivals in an SLO window x service time / (SLO x vCPUs)). It starts VMs one boot
-    delay ahead, removes them as soon as they are not needed, and has no cooldowns.
+    VMs needed at second t: the fewest whose capacity clears, within a window of
+    w = max(1, round(SLO / 2)) seconds, the work that arrives in [t, t + w):
+    ceil(arrivals in it x service time / (w x vCPUs)). Windows half the SLO long, not SLO
+    long, make it conservative: a window's work is cleared within half the SLO. At each tick
+    it wants the most any second needs from now to one boot delay plus one interval ahead (a
+    VM started now serves from then on; one still booting is capacity those seconds need too),
+    so it starts VMs one boot delay ahead. No cooldown, no cap on starts per tick, no
+    stabilization: VMs go, one a tick, as soon as they are not needed; once one boot delay
+    ahead is past the end of the arrivals it wants none (the config's min_vms still holds).
     """
 
     name = "oracle"
@@ -111,14 +141,19 @@ class OraclePolicy(Policy):
         interval: float,
     ):
         super().__init__(
-            replace(config, scale_up_cooldown=0.0, scale_down_stabilization=0.0, max_start_per_tick=1 << 20)
+            replace(
+                config,
+                scale_up_cooldown=0.0,
+                scale_down_stabilization=0.0,
+                max_start_per_tick=UNLIMITED_STARTS,
+            )
         )
         counts = np.asarray(arrivals_per_second, dtype=float)
-        window = max(1, round(slo / 2))
+        window = max(1, round(slo / 2))  # seconds: half the SLO, see the class docstring
         cumulative = np.concatenate([[0.0], np.cumsum(counts)])
         ends = np.minimum(np.arange(len(counts)) + window, len(counts))
         per_window = cumulative[ends] - cumulative[: len(counts)]
-        self._needed = np.ceil(per_window * service_time / (window * vcpus) - 1e-9)
+        self._needed = np.ceil(per_window * service_time / (window * vcpus) - ROUNDING_SLACK)
         self.boot_delay = boot_delay
         self.interval = interval
 

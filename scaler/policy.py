@@ -15,6 +15,26 @@ from dataclasses import dataclass, field
 #: Seconds a VM consumes before its throughput is measured: its first tick still holds its boot.
 RATE_SETTLE = 10.0
 
+#: Weight of the newest arrival rate in the smoothed one (the rest keeps the previous value):
+#: one tick's arrivals are noisy, and a VM started on noise costs a boot.
+ARRIVAL_SMOOTHING = 0.3
+
+#: Weight of the newest per-VM rate sample in the learned rate: a tick's acks are few and lumpy,
+#: so a sample moves the estimate a little; the weight is smaller than the arrivals', as the
+#: service rate itself changes only with the host's load.
+RATE_SMOOTHING = 0.2
+
+#: Busy share of the ready VMs' CPU below which a tick teaches nothing about the per-VM rate:
+#: a nearly idle pool acks too few jobs for the ratio to mean anything.
+LEARN_MIN_BUSY_SHARE = 0.2
+
+#: CPU% step in which the idlest VM is chosen for removal: finer differences are noise, and
+#: among equals the highest-numbered goes, so the pool shrinks from its end.
+VICTIM_CPU_STEP = 5.0
+
+#: Slack for floating-point error when a ratio of VMs is rounded: 3 x (1/3) must give 1, not 2.
+ROUNDING_SLACK = 1e-9
+
 #: Actions the scaler takes on a domain.
 START, SHUTDOWN, DESTROY = "start", "shutdown", "destroy"
 
@@ -113,6 +133,11 @@ class Decision:
     signals: dict = field(default_factory=dict)
 
 
+def _idleness_rank(vm: VmView) -> float:
+    """Lower is idler: CPU% in VICTIM_CPU_STEP steps; a VM whose CPU is unknown ranks last."""
+    return math.inf if vm.cpu is None else round(vm.cpu / VICTIM_CPU_STEP)
+
+
 def natural_key(name: str) -> tuple:
     """vm-2 before vm-10."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
@@ -157,6 +182,8 @@ class Policy:
         booting = [name for name in self.booting if name in vms]
         current = len(ready) + len(booting)
         self._learn(obs, ready)
+        self._smooth_arrivals(obs)
+        self._on_tick(obs)
         recommendations = self.recommend(obs, ready, current)
         wanted = max((value for value in recommendations.values() if value is not None), default=current)
         floor = self._floor(obs, current)
@@ -194,25 +221,25 @@ class Policy:
     # -- recommendations (overridden by other policies) --------------------------------
 
     def recommend(self, obs: Observation, ready: list[VmView], current: int) -> dict[str, int | None]:
-        """VMs each signal asks for; None where a signal has nothing to say."""
+        """VMs each signal asks for; None where a signal has nothing to say.
+
+        A function of its arguments and the policy's state only: it changes nothing, so an
+        override loses none of the bookkeeping (decide() has updated the state already)."""
         rate = self.per_vm_rate
         backlog = None
         if obs.depth is not None:
             per_vm = (
                 rate * self.config.slo * self.config.drain_fraction if rate else self.config.target_backlog
             )
-            backlog = math.ceil(obs.depth / per_vm - 1e-9)
+            backlog = math.ceil(obs.depth / per_vm - ROUNDING_SLACK)
         throughput = None
-        if obs.arrival_rate is not None:
-            # Smoothed: one tick's arrivals are noisy, and a VM started on noise costs a boot.
-            previous = self.arrival_rate
-            self.arrival_rate = (
-                obs.arrival_rate if previous is None else 0.7 * previous + 0.3 * obs.arrival_rate
-            )
-            if rate:
-                throughput = math.floor(self.arrival_rate / rate + 1e-9)
+        if obs.arrival_rate is not None and rate:
+            throughput = math.floor(self.arrival_rate / rate + ROUNDING_SLACK)
         cpu = self._cpu_rule(ready, current, obs.now) if throughput is None else None
         return {"backlog": backlog, "throughput": throughput, "cpu": cpu}
+
+    def _on_tick(self, obs: Observation) -> None:
+        """A subclass's own per-tick state, updated before recommend(); the default has none."""
 
     def _settled_loads(self, ready: list[VmView], now: float) -> list[float]:
         """CPU% of the ready VMs that have consumed long enough for it to mean load."""
@@ -307,10 +334,25 @@ class Policy:
         if obs.ack_rate is None or obs.ack_rate <= 0 or not ready or len(loads) < len(ready):
             return
         busy_vms = sum(loads) / 100.0
-        if busy_vms < 0.2 * len(ready):
+        if busy_vms < LEARN_MIN_BUSY_SHARE * len(ready):
             return
         sample = obs.ack_rate / busy_vms
-        self.per_vm_rate = sample if self.per_vm_rate is None else 0.8 * self.per_vm_rate + 0.2 * sample
+        self.per_vm_rate = (
+            sample
+            if self.per_vm_rate is None
+            else (1 - RATE_SMOOTHING) * self.per_vm_rate + RATE_SMOOTHING * sample
+        )
+
+    def _smooth_arrivals(self, obs: Observation) -> None:
+        """Fold this tick's arrival rate into the smoothed one the throughput signal plans for."""
+        if obs.arrival_rate is None:
+            return
+        previous = self.arrival_rate
+        self.arrival_rate = (
+            obs.arrival_rate
+            if previous is None
+            else (1 - ARRIVAL_SMOOTHING) * previous + ARRIVAL_SMOOTHING * obs.arrival_rate
+        )
 
     def _floor(self, obs: Observation, current: int) -> int:
         """min_vms; with min_vms 0, one VM until the queue has been empty and quiet long enough."""
@@ -374,10 +416,9 @@ class Policy:
             victim = max(booting, key=natural_key)
             del self.booting[victim]
         else:
-            # CPU in 5% steps (finer differences are noise); among equals the highest-numbered
-            # goes first, so the pool shrinks from its end.
+            # min() keeps the first of equals: sorted from the end, the highest-numbered goes.
             by_name = sorted(ready, key=lambda vm: natural_key(vm.name), reverse=True)
-            victim = min(by_name, key=lambda vm: 100 if vm.cpu is None else round(vm.cpu / 5)).name
+            victim = min(by_name, key=_idleness_rank).name
         self.draining[victim] = obs.now
         notes.append(f"shutdown {victim}")
         return [Action(victim, SHUTDOWN)]

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, PolicyConfig, VmView
+
+from virtscale.scaler.baselines import HpaCpuPolicy, KedaPolicy, OriginalPolicy
+from virtscale.scaler.policy import (
+    ARRIVAL_SMOOTHING,
+    DESTROY,
+    SHUTDOWN,
+    START,
+    Observation,
+    Policy,
+    PolicyConfig,
+    VmView,
+)
 
 CONFIG = PolicyConfig(
     min_vms=1,
@@ -213,3 +224,55 @@ def test_a_fresh_policy_waits_a_full_window_before_removing_running_vms():
     assert actions(policy.decide(observe(0, vms))) == []
     assert actions(policy.decide(observe(59, vms))) == []
     assert actions(policy.decide(observe(61, vms))) == [("vm-2", SHUTDOWN)]
+
+
+def test_recommend_changes_no_state_and_repeats_its_answer():
+    policy = Policy(CONFIG)
+    vms = pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"], cpu=50.0)
+    policy.decide(observe(0, vms, arrival=0.0, ack=5.0))  # learns 10/s per VM, arrivals 0/s
+    ready = [vm for vm in vms if vm.consuming]
+    state = dict(vars(policy))
+    obs = observe(5, vms, arrival=25.0)
+    first = policy.recommend(obs, ready, 1)
+    assert policy.recommend(obs, ready, 1) == first
+    assert vars(policy) == state
+    assert policy.arrival_rate == 0.0 and first["throughput"] == 0
+
+
+def test_decide_smooths_arrivals_before_recommend():
+    policy = Policy(CONFIG)
+    vms = pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"], cpu=50.0)
+    policy.decide(observe(0, vms, arrival=0.0, ack=5.0))
+    decision = policy.decide(observe(5, vms, arrival=40.0, ack=5.0))
+    assert policy.arrival_rate == pytest.approx(ARRIVAL_SMOOTHING * 40.0)
+    assert decision.signals["recommendations"]["throughput"] == 1, "floor(12 / 10), not floor(40 / 10)"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda config: KedaPolicy(config, slo=60, service_time=0.5, vcpus=1),
+        HpaCpuPolicy,
+        OriginalPolicy,
+    ],
+    ids=["keda", "hpa-cpu", "original"],
+)
+def test_baselines_keep_the_smoothed_arrival_rate(make):
+    policy = make(CONFIG)
+    vms = pool(ready=["vm-1"], off=["vm-2"], cpu=50.0)
+    policy.decide(observe(0, vms, arrival=10.0))
+    policy.decide(observe(5, vms, arrival=20.0))
+    assert policy.arrival_rate == pytest.approx(0.7 * 10.0 + 0.3 * 20.0)
+
+
+def test_the_original_decides_once_per_window_and_recommend_changes_nothing():
+    policy = OriginalPolicy(CONFIG)
+    hot = pool(ready=["vm-1"], off=["vm-2", "vm-3"], cpu=95.0)
+    ready = [vm for vm in hot if vm.consuming]
+    first = policy.decide(observe(0, hot))
+    assert actions(first) == [("vm-2", START)]
+    obs = observe(0, hot)
+    assert policy.recommend(obs, ready, 1) == policy.recommend(obs, ready, 1) == {"cpu": 2}
+    hot = pool(ready=["vm-1", "vm-2"], off=["vm-3"], cpu=95.0)
+    assert actions(policy.decide(observe(29, hot))) == [], "within its 30 s window"
+    assert actions(policy.decide(observe(30, hot))) == [("vm-3", START)]
