@@ -1,37 +1,25 @@
 """Create the least-privilege broker users and write their passwords to var/secrets/.
 
-Talks to the RabbitMQ management API with an administrator account (guest on loopback
-by default), so no password ever appears in a process list. Idempotent: an existing
-password file is reused, a missing one is generated.
+The users and their rights come from virtscale.topology_spec. Talks to the RabbitMQ management
+API with an administrator account (guest on loopback by default), so no password ever appears
+in a process list. Idempotent: an existing password file is reused, a missing one is generated.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import secrets
 import sys
 import urllib.parse
+from collections.abc import Iterable
 
 import requests
 
+from virtscale import topology_spec
+from virtscale.config import OneLineParser, queue_name
+from virtscale.naming import QueueNames
 
-def permissions(queue: str) -> dict[str, dict]:
-    """Each component's rights: (configure, write, read) regexes and user tags."""
-    jobs, results = re.escape(queue), re.escape(f"{queue}.hashed")
-    return {
-        "producer": {"configure": "^$", "write": r"^amq\.default$", "read": "^$", "tags": ""},
-        "worker": {"configure": "^$", "write": r"^amq\.default$", "read": f"^{jobs}$", "tags": ""},
-        "collector": {
-            "configure": "^$",
-            "write": r"^amq\.default$",
-            "read": f"^{results}$",
-            "tags": "",
-        },
-        # The scaler only watches: the management API with the monitoring tag, no AMQP rights.
-        "scaler": {"configure": "^$", "write": "^$", "read": "^$", "tags": "monitoring"},
-    }
+PROG = "deploy/broker_accounts.py"
 
 
 def password_for(secrets_dir: str, user: str) -> str:
@@ -47,31 +35,53 @@ def password_for(secrets_dir: str, user: str) -> str:
     return password
 
 
+def create_accounts(
+    http: requests.Session, api: str, vhost: str, users: Iterable[topology_spec.User], secrets_dir: str
+) -> None:
+    """Create (or update) each user with its password and tags, then grant its rights in ``vhost``."""
+    quoted_vhost = urllib.parse.quote(vhost, safe="")
+    for user in users:
+        password = password_for(secrets_dir, user.name)
+        response = http.put(
+            f"{api}/users/{user.name}",
+            json={"password": password, "tags": ",".join(user.tags)},
+            timeout=10,
+        )
+        response.raise_for_status()
+        response = http.put(
+            f"{api}/permissions/{quoted_vhost}/{user.name}", json=user.permissions(), timeout=10
+        )
+        response.raise_for_status()
+        print(f"broker user {user.name}: ready (password in {secrets_dir}/{user.name})")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--management-url", default="http://127.0.0.1:15672")
-    parser.add_argument("--admin-user", default=os.environ.get("VIRTSCALE_ADMIN_USER", "guest"))
-    parser.add_argument("--vhost", default="/")
-    parser.add_argument("--queue", default="licenses")
-    parser.add_argument("--secrets-dir", default="var/secrets")
+    parser = OneLineParser(prog=PROG, description=__doc__)
+    parser.add_argument("--management-url", metavar="URL", default="http://127.0.0.1:15672")
+    parser.add_argument(
+        "--admin-user",
+        metavar="USER",
+        default=os.environ.get("VIRTSCALE_ADMIN_USER", "guest"),
+        help="management API administrator (env VIRTSCALE_ADMIN_USER; its password in "
+        "VIRTSCALE_ADMIN_PASSWORD; default: guest)",
+    )
+    parser.add_argument("--vhost", metavar="VHOST", default="/")
+    parser.add_argument("--queue", metavar="QUEUE", type=queue_name, default="licenses")
+    parser.add_argument("--secrets-dir", metavar="DIR", default="var/secrets")
     args = parser.parse_args(argv)
-    admin = (args.admin_user, os.environ.get("VIRTSCALE_ADMIN_PASSWORD", "guest"))
-    vhost = urllib.parse.quote(args.vhost, safe="")
     api = args.management_url.rstrip("/") + "/api"
-    with requests.Session() as http:
-        http.auth = admin
-        for user, rights in permissions(args.queue).items():
-            password = password_for(args.secrets_dir, user)
-            response = http.put(
-                f"{api}/users/{user}",
-                json={"password": password, "tags": rights["tags"]},
-                timeout=10,
+    try:
+        with requests.Session() as http:
+            http.auth = (args.admin_user, os.environ.get("VIRTSCALE_ADMIN_PASSWORD", "guest"))
+            create_accounts(
+                http, api, args.vhost, topology_spec.users(QueueNames(args.queue)), args.secrets_dir
             )
-            response.raise_for_status()
-            grant = {key: rights[key] for key in ("configure", "write", "read")}
-            response = http.put(f"{api}/permissions/{vhost}/{user}", json=grant, timeout=10)
-            response.raise_for_status()
-            print(f"broker user {user}: ready (password in {args.secrets_dir}/{user})")
+    except requests.HTTPError as exc:
+        print(f"{PROG}: the management API refused: {exc}", file=sys.stderr)
+        return 1
+    except requests.RequestException as exc:
+        print(f"{PROG}: cannot reach the management API at {args.management_url}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

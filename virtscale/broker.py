@@ -15,7 +15,7 @@ import pika
 import pika.exceptions
 import tenacity
 
-from virtscale import defaults
+from virtscale import defaults, topology_spec
 from virtscale.config import redact_url
 from virtscale.naming import QueueNames
 
@@ -88,32 +88,41 @@ def _blocking_call(url: str, action: Callable[[pika.adapters.blocking_connection
 
 
 def declare_topology(url: str, names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT) -> None:
-    """Declare the job, result and dead-letter queues (idempotent; needs configure rights)."""
+    """Declare the queues of virtscale.topology_spec (idempotent; needs configure rights)."""
 
     def declare(channel) -> None:
-        channel.queue_declare(names.dead, durable=True, arguments={"x-queue-type": "quorum"})
-        channel.queue_declare(names.results, durable=True, arguments={"x-queue-type": "quorum"})
-        channel.queue_declare(
-            names.jobs,
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-delivery-limit": delivery_limit,
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": names.dead,
-            },
-        )
+        for queue in topology_spec.queues(names, delivery_limit):
+            channel.queue_declare(
+                queue.name,
+                durable=queue.durable,
+                auto_delete=queue.auto_delete,
+                arguments=dict(queue.arguments),
+            )
 
     _blocking_call(url, declare)
     log.info("topology ready: %s, %s, %s", names.jobs, names.results, names.dead)
 
 
-def delete_topology(url: str, names: QueueNames) -> None:
-    def delete(channel) -> None:
-        for queue in (names.jobs, names.results, names.dead):
-            channel.queue_delete(queue)
+def delete_topology(url: str, names: QueueNames) -> dict[str, int | None]:
+    """Delete the queues and every message in them, the job queue first (so nothing is
+    dead-lettered into a queue already gone). Returns how many messages each queue held when it
+    was deleted, None for a queue that was not there."""
 
-    _blocking_call(url, delete)
+    def delete(channel) -> dict[str, int | None]:
+        held: dict[str, int | None] = {}
+        for queue in reversed(topology_spec.queues(names)):
+            try:
+                channel.queue_declare(queue.name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                held[queue.name] = None
+                channel = channel.connection.channel()  # the broker closed the one it refused
+                continue
+            held[queue.name] = channel.queue_delete(queue.name).method.message_count
+        return held
+
+    return _blocking_call(url, delete)
 
 
 def queue_counts(url: str, queue: str) -> tuple[int, int]:

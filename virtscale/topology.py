@@ -1,14 +1,18 @@
-"""virtscale-broker: declare (or delete) the queues every component relies on.
+"""virtscale-broker: declare (or delete) the queues every component relies on,
+or print them, with the users and their rights, as a RabbitMQ definitions file.
 
-Run once with an account that may configure queues (make broker does); the
-components themselves only check that the queues exist.
+Run declare once with an account that may configure queues (make broker does);
+the components themselves only check that the queues exist. Everything here
+comes from virtscale.topology_spec.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 
-from virtscale import defaults
+from virtscale import defaults, topology_spec
 from virtscale.broker import BrokerRefused, BrokerUnavailable, declare_topology, delete_topology
 from virtscale.config import (
     OneLineParser,
@@ -18,28 +22,105 @@ from virtscale.config import (
     queue_names,
     resolve_amqp_url,
 )
+from virtscale.naming import QueueNames
+
+PROG = "virtscale-broker"
+
+COMMANDS = {
+    "declare": "create the queues (idempotent)",
+    "delete": "delete the queues and every message in them (asks first)",
+    "definitions": "print the queues, users and rights as a RabbitMQ definitions file",
+}
+
+EXAMPLES = """\
+examples:
+  virtscale-broker declare --queue licenses
+  virtscale-broker delete --queue bench --yes
+  virtscale-broker definitions > deploy/rabbitmq/definitions.json
+"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="virtscale-broker", description=__doc__)
-    parser.add_argument("command", choices=["declare", "delete"])
+def build_parser() -> OneLineParser:
+    commands = "\n".join(f"  {name:<12} {what}" for name, what in COMMANDS.items())
+    parser = OneLineParser(
+        prog=PROG,
+        description=f"{__doc__}\ncommands:\n{commands}",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "command",
+        metavar="COMMAND",
+        choices=list(COMMANDS),
+        help=f"{', '.join(COMMANDS)} (see above)",
+    )
     add_common_options(parser)
     parser.add_argument(
         "--delivery-limit",
         type=positive_int,
+        metavar="N",
         default=defaults.DELIVERY_LIMIT,
         help="deliveries of a job before it is dead-lettered (default: %(default)s)",
     )
+    parser.add_argument(
+        "--yes",
+        action="store_true",
+        help="delete without asking (needed when not run on a terminal)",
+    )
+    return parser
+
+
+def definitions_text(names: QueueNames, delivery_limit: int) -> str:
+    """The definitions file exactly as committed in deploy/rabbitmq/definitions.json."""
+    return json.dumps(topology_spec.definitions(names, delivery_limit), indent=2) + "\n"
+
+
+def confirmed(names: QueueNames) -> bool:
+    """Ask on the terminal; the queue name or 'yes' goes on, anything else (or none) does not."""
+    queues = ", ".join(queue.name for queue in reversed(topology_spec.queues(names)))
+    sys.stderr.write(
+        f"{PROG}: this deletes {queues} and every message in them.\n"
+        f"Type the queue name ({names.jobs}) or 'yes' to go on: "
+    )
+    sys.stderr.flush()
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        answer = ""
+        sys.stderr.write("\n")
+    return answer.strip() in (names.jobs, "yes")
+
+
+def report_deleted(held: dict[str, int | None]) -> None:
+    for queue, messages in held.items():
+        if messages is None:
+            print(f"{queue}: not there, nothing to delete")
+        else:
+            print(f"deleted {queue} ({messages} message{'' if messages == 1 else 's'})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    names = queue_names(args)
+    if args.command == "definitions":
+        sys.stdout.write(definitions_text(names, args.delivery_limit))
+        return 0
     url = resolve_amqp_url(parser, args)
+    if args.command == "delete" and not args.yes:
+        if not sys.stdin.isatty():
+            parser.error("delete removes the queues and their messages: pass --yes to confirm")
+        if not confirmed(names):
+            print(f"{PROG}: not confirmed; nothing deleted", file=sys.stderr)
+            return 1
     configure_logging(args.log_level, args.log_format)
     try:
         if args.command == "declare":
-            declare_topology(url, queue_names(args), args.delivery_limit)
+            declare_topology(url, names, args.delivery_limit)
         else:
-            delete_topology(url, queue_names(args))
+            report_deleted(delete_topology(url, names))
     except (BrokerRefused, BrokerUnavailable) as exc:
-        print(f"virtscale-broker: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     return 0
 

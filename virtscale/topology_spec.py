@@ -1,0 +1,118 @@
+"""What the broker must hold for one job queue: its queues with their arguments, and the
+least-privilege users with their rights. The one place these facts are written.
+
+virtscale.broker declares the queues from here, deploy/broker_accounts.py grants the rights
+from here, and deploy/rabbitmq/definitions.json is generated from here
+(`virtscale-broker definitions`). Pure data on the standard library only: it ships inside the
+worker VM image, which has Debian's python3-pika and nothing else of PyPI's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from virtscale import defaults
+from virtscale.naming import QueueNames
+
+#: A permission regex that matches no resource at all.
+NOTHING = "^$"
+
+#: Every component publishes to the default exchange (the routing key is the queue name), so
+#: "write" on it is all a publisher needs; it cannot touch any other exchange.
+DEFAULT_EXCHANGE = r"^amq\.default$"
+
+#: Quorum queues: replicated, durable, and they count deliveries (x-delivery-limit needs them).
+QUORUM = {"x-queue-type": "quorum"}
+
+
+@dataclass(frozen=True)
+class Queue:
+    """One durable queue and the arguments it is declared with (they must match on redeclare)."""
+
+    name: str
+    arguments: Mapping[str, object]
+    durable: bool = True
+    auto_delete: bool = False
+
+
+@dataclass(frozen=True)
+class User:
+    """A broker account and its rights in the vhost: regexes over resource names, as RabbitMQ
+    takes them, and management tags."""
+
+    name: str
+    configure: str = NOTHING
+    write: str = NOTHING
+    read: str = NOTHING
+    tags: tuple[str, ...] = field(default=())
+
+    def permissions(self) -> dict[str, str]:
+        return {"configure": self.configure, "write": self.write, "read": self.read}
+
+
+def exactly(name: str) -> str:
+    """A permission regex that matches the resource ``name`` and nothing else."""
+    return f"^{re.escape(name)}$"
+
+
+def queues(names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT) -> tuple[Queue, ...]:
+    """The queues in the order to declare them: the dead-letter queue first, so the job queue's
+    dead letters have somewhere to go from its first message on."""
+    return (
+        Queue(names.dead, dict(QUORUM)),
+        Queue(names.results, dict(QUORUM)),
+        Queue(
+            names.jobs,
+            {
+                **QUORUM,
+                # A job delivered this many times without an ack is poison: dead-letter it.
+                "x-delivery-limit": delivery_limit,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": names.dead,
+            },
+        ),
+    )
+
+
+def users(names: QueueNames) -> tuple[User, ...]:
+    """Each component's account: it may publish and consume what its job needs, declare nothing."""
+    return (
+        User("producer", write=DEFAULT_EXCHANGE),
+        User("worker", write=DEFAULT_EXCHANGE, read=exactly(names.jobs)),
+        User("collector", write=DEFAULT_EXCHANGE, read=exactly(names.results)),
+        # The scaler only watches: the management API with the monitoring tag, no AMQP rights.
+        User("scaler", tags=("monitoring",)),
+    )
+
+
+def definitions(
+    names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT, vhost: str = "/"
+) -> dict[str, list]:
+    """A RabbitMQ definitions document (management UI "Import definitions", or
+    `rabbitmqctl import_definitions`). Users come without passwords: set them afterwards, as
+    deploy/broker_accounts.py does."""
+    return {
+        "vhosts": [{"name": vhost}],
+        "queues": [
+            {
+                "name": queue.name,
+                "vhost": vhost,
+                "durable": queue.durable,
+                "auto_delete": queue.auto_delete,
+                "arguments": dict(queue.arguments),
+            }
+            for queue in queues(names, delivery_limit)
+        ],
+        "users": [
+            {
+                "name": user.name,
+                "password_hash": "",
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": list(user.tags),
+            }
+            for user in users(names)
+        ],
+        "permissions": [{"user": user.name, "vhost": vhost, **user.permissions()} for user in users(names)],
+    }
