@@ -18,10 +18,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Observation, Policy, VmView
 
 from virtscale import defaults
 from virtscale.load import Rate
+from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Decision, Observation, Policy, VmView
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class World:
     service_time: float = defaults.SIM_SERVICE_TIME
     #: Seconds from domain start to its worker consuming (measured).
     boot_delay: float = defaults.SIM_BOOT_DELAY
-    #: Seconds from the last job drained to the domain being off.
-    shutdown_delay: float = 3.0
+    #: Seconds from the last job drained to the domain being off (estimated).
+    shutdown_delay: float = defaults.SIM_SHUTDOWN_DELAY
     #: Seconds between scaler ticks.
     interval: float = defaults.SCALER_INTERVAL
     #: Seconds of CPU history the scaler averages.
@@ -131,129 +131,176 @@ def simulate(
     policy: Policy, world: World, arrivals: np.ndarray, *, horizon: float | None = None
 ) -> SimResult:
     """Run ``policy`` against ``arrivals`` (sorted times) until every job is served."""
-    vms = [_Vm(f"vm-{index}") for index in range(1, world.pool_size + 1)]
-    service = world.service_time
-    free_slots: list[tuple[float, int]] = []  # (free from, vm index), consuming VMs only
-    for index in range(world.initial_vms):
-        vms[index].boot(-world.boot_delay, world.boot_delay)
-        vms[index].started_at = 0.0
-        for _ in range(world.vcpus):
-            heapq.heappush(free_slots, (0.0, index))
-    booting: list[tuple[float, int]] = []  # (ready at, vm index)
-    starts = np.full(len(arrivals), np.nan)
-    next_job = 0  # every job before it has started
-    vm_seconds = 0.0
-    actions_taken = 0
-    max_backlog = 0
-    series: dict[str, list] = {"time": [], "rate": [], "backlog": [], "vms": [], "consuming": []}
+    run = _Run(world, arrivals)
     horizon = max(horizon or 0.0, float(arrivals[-1]) if len(arrivals) else 0.0)
+    tick = 0
+    while True:
+        clock = tick * world.interval
+        run.complete_boots(clock)
+        run.serve_until(clock)
+        run.advance_vms(clock)
+        observation = run.observe(clock, first=tick == 0)
+        run.apply(policy.decide(observation), clock)
+        run.record(clock, observation)
+        if run.all_started and clock >= horizon:
+            break
+        tick += 1
+    return run.result(policy.name, clock)
 
-    def serve_until(until: float) -> None:
+
+class _Run:
+    """One simulation's pool, queue and tallies, advanced one scaler tick at a time."""
+
+    def __init__(self, world: World, arrivals: np.ndarray):
+        self.world = world
+        self.arrivals = arrivals
+        self.vms = [_Vm(f"vm-{index}") for index in range(1, world.pool_size + 1)]
+        self.index_of = {vm.name: index for index, vm in enumerate(self.vms)}
+        self.free_slots: list[tuple[float, int]] = []  # (free from, vm index), consuming VMs only
+        self.booting: list[tuple[float, int]] = []  # (ready at, vm index)
+        self.starts = np.full(len(arrivals), np.nan)
+        self.next_job = 0  # every job before it has started
+        self.served_before = 0  # next_job at the previous tick
+        self.previous = 0.0  # the previous tick's clock
+        self.waiting = 0  # jobs arrived and not started, at the last observation
+        self.vm_seconds = 0.0
+        self.actions_taken = 0
+        self.max_backlog = 0
+        self.series: dict[str, list] = {"time": [], "rate": [], "backlog": [], "vms": [], "consuming": []}
+        for index in range(world.initial_vms):
+            self.vms[index].boot(-world.boot_delay, world.boot_delay)
+            self.vms[index].started_at = 0.0
+            self._open_slots(0.0, index)
+
+    @property
+    def all_started(self) -> bool:
+        return self.next_job >= len(self.arrivals)
+
+    def _open_slots(self, at: float, index: int) -> None:
+        for _ in range(self.world.vcpus):
+            heapq.heappush(self.free_slots, (at, index))
+
+    def complete_boots(self, clock: float) -> None:
+        """Boots that complete before this tick open their slots at their own moment."""
+        for ready_at, index in sorted(self.booting):
+            if ready_at <= clock:
+                self.serve_until(ready_at)
+                self._open_slots(ready_at, index)
+        self.booting = [(at, index) for at, index in self.booting if at > clock]
+
+    def serve_until(self, until: float) -> None:
         """Start jobs on free slots, FIFO, for every start before ``until``."""
-        nonlocal next_job
-        while next_job < len(arrivals) and free_slots:
+        arrivals, free_slots, service = self.arrivals, self.free_slots, self.world.service_time
+        while self.next_job < len(arrivals) and free_slots:
             free_at, index = free_slots[0]
-            vm = vms[index]
+            vm = self.vms[index]
             if not vm.consuming(free_at if free_at > vm.ready_at else vm.ready_at):
                 heapq.heappop(free_slots)  # draining or gone: the slot takes nothing new
                 continue
-            start = max(free_at, float(arrivals[next_job]))
+            start = max(free_at, float(arrivals[self.next_job]))
             if start >= until:
                 return
             heapq.heapreplace(free_slots, (start + service, index))
-            starts[next_job] = start
-            next_job += 1
+            self.starts[self.next_job] = start
+            self.next_job += 1
             vm.ends.append(start + service)
             vm.busy.append(start)
             vm.busy_sum += service
 
-    tick = 0
-    previous = 0.0
-    served_before = 0
-    while True:
-        clock = tick * world.interval
-        # Boots that complete before this tick open their slots at their own moment.
-        for ready_at, index in sorted(booting):
-            if ready_at <= clock:
-                serve_until(ready_at)
-                for _ in range(world.vcpus):
-                    heapq.heappush(free_slots, (ready_at, index))
-        booting = [(at, index) for at, index in booting if at > clock]
-        serve_until(clock)
-        for vm in vms:
+    def advance_vms(self, clock: float) -> None:
+        """Finish jobs, slide the CPU windows, and power off the VMs that drained."""
+        world = self.world
+        for vm in self.vms:
             while vm.ends and vm.ends[0] <= clock:
                 vm.ends.popleft()
             while vm.busy and vm.busy[0] < clock - world.window:
                 vm.busy.popleft()
-                vm.busy_sum -= service
+                vm.busy_sum -= world.service_time
             if vm.draining and vm.state == "running" and not vm.ends:
                 vm.state, vm.off_at = "shutting-down", clock + world.shutdown_delay
             if vm.state == "shutting-down" and vm.off_at <= clock:
                 vm.state, vm.draining = "shutoff", False
-                vm_seconds += vm.off_at - vm.started_at
-        arrived_by_now = int(np.searchsorted(arrivals, clock))
-        waiting = max(0, arrived_by_now - next_job)
-        depth = waiting + sum(len(vm.ends) for vm in vms)
-        max_backlog = max(max_backlog, waiting)
-        span = clock - previous if tick else 1.0
-        arrived = arrived_by_now - int(np.searchsorted(arrivals, previous)) if tick else 0
-        views = []
-        for vm in vms:
-            cpu = recent = None
-            if vm.consuming(clock) and clock - vm.ready_at >= world.interval:
-                observed = min(world.window, clock - vm.ready_at)
-                cpu = min(100.0, 100.0 * max(vm.busy_sum, 0.0) / (observed * world.vcpus))
-                started_last_tick = len(vm.busy) - bisect.bisect_left(vm.busy, clock - world.interval)
-                recent = min(100.0, 100.0 * started_last_tick * service / (world.interval * world.vcpus))
-            views.append(VmView(vm.name, vm.state, cpu, vm.consuming(clock), recent))
+                self.vm_seconds += vm.off_at - vm.started_at
+
+    def observe(self, clock: float, *, first: bool) -> Observation:
+        """What the live scaler would read now: depth, publish and ack rates, each VM's view."""
+        arrived_by_now = int(np.searchsorted(self.arrivals, clock))
+        self.waiting = max(0, arrived_by_now - self.next_job)
+        depth = self.waiting + sum(len(vm.ends) for vm in self.vms)
+        self.max_backlog = max(self.max_backlog, self.waiting)
+        span = 1.0 if first else clock - self.previous
+        arrived = 0 if first else arrived_by_now - int(np.searchsorted(self.arrivals, self.previous))
         observation = Observation(
             now=clock,
             depth=depth,
             arrival_rate=arrived / span,
-            ack_rate=(next_job - served_before) / span,
-            vms=tuple(views),
+            ack_rate=(self.next_job - self.served_before) / span,
+            vms=tuple(self._view(vm, clock) for vm in self.vms),
         )
-        served_before = next_job
-        for action in policy.decide(observation).actions:
-            index = next(i for i, vm in enumerate(vms) if vm.name == action.domain)
-            vm = vms[index]
+        self.served_before = self.next_job
+        self.previous = clock
+        return observation
+
+    def _view(self, vm: _Vm, clock: float) -> VmView:
+        """One VM as the scaler sees it: CPU% over its window and over the last tick, once it
+        has consumed for a tick."""
+        world = self.world
+        cpu = recent = None
+        if vm.consuming(clock) and clock - vm.ready_at >= world.interval:
+            observed = min(world.window, clock - vm.ready_at)
+            cpu = min(100.0, 100.0 * max(vm.busy_sum, 0.0) / (observed * world.vcpus))
+            started_last_tick = len(vm.busy) - bisect.bisect_left(vm.busy, clock - world.interval)
+            recent = min(
+                100.0, 100.0 * started_last_tick * world.service_time / (world.interval * world.vcpus)
+            )
+        return VmView(vm.name, vm.state, cpu, vm.consuming(clock), recent)
+
+    def apply(self, decision: Decision, clock: float) -> None:
+        """Carry out the policy's actions as libvirt would."""
+        world = self.world
+        for action in decision.actions:
+            index = self.index_of[action.domain]
+            vm = self.vms[index]
             if action.action == START and vm.state == "shutoff":
                 vm.boot(clock, world.boot_delay)
-                booting.append((vm.ready_at, index))
-                actions_taken += 1
+                self.booting.append((vm.ready_at, index))
+                self.actions_taken += 1
             elif action.action in (SHUTDOWN, DESTROY) and vm.state == "running":
                 vm.draining = True
                 if vm.ready_at > clock:  # still booting: nothing to drain
-                    booting = [(at, i) for at, i in booting if i != index]
+                    self.booting = [(at, i) for at, i in self.booting if i != index]
                     vm.state, vm.off_at = "shutting-down", clock + world.shutdown_delay
-                actions_taken += 1
-        series["time"].append(clock)
-        series["rate"].append(arrived / span)
-        series["backlog"].append(waiting)
-        series["vms"].append(sum(1 for vm in vms if vm.state != "shutoff"))
-        series["consuming"].append(sum(1 for view in views if view.consuming))
-        if next_job >= len(arrivals) and clock >= horizon:
-            break
-        previous = clock
-        tick += 1
-    for vm in vms:
-        if vm.state != "shutoff":
-            vm_seconds += clock - vm.started_at
-    latencies = starts - arrivals + service
-    percentiles = np.percentile(latencies, [50, 95, 99]) if len(latencies) else np.zeros(3)
-    return SimResult(
-        policy=policy.name,
-        jobs=len(arrivals),
-        vm_seconds=vm_seconds,
-        work_vm_seconds=len(arrivals) * service / world.vcpus,
-        p50=float(percentiles[0]),
-        p95=float(percentiles[1]),
-        p99=float(percentiles[2]),
-        max_backlog=max_backlog,
-        slo_violation_seconds=slo_violation_seconds(arrivals, starts, world.slo),
-        scale_actions=actions_taken,
-        series=series,
-    )
+                self.actions_taken += 1
+
+    def record(self, clock: float, observation: Observation) -> None:
+        """One point of each plotted series, after this tick's actions."""
+        self.series["time"].append(clock)
+        self.series["rate"].append(observation.arrival_rate)
+        self.series["backlog"].append(self.waiting)
+        self.series["vms"].append(sum(1 for vm in self.vms if vm.state != "shutoff"))
+        self.series["consuming"].append(sum(1 for view in observation.vms if view.consuming))
+
+    def result(self, policy_name: str, clock: float) -> SimResult:
+        """The run's totals; VMs still up are counted until ``clock``, the last tick."""
+        for vm in self.vms:
+            if vm.state != "shutoff":
+                self.vm_seconds += clock - vm.started_at
+        arrivals, service = self.arrivals, self.world.service_time
+        latencies = self.starts - arrivals + service
+        percentiles = np.percentile(latencies, [50, 95, 99]) if len(latencies) else np.zeros(3)
+        return SimResult(
+            policy=policy_name,
+            jobs=len(arrivals),
+            vm_seconds=self.vm_seconds,
+            work_vm_seconds=len(arrivals) * service / self.world.vcpus,
+            p50=float(percentiles[0]),
+            p95=float(percentiles[1]),
+            p99=float(percentiles[2]),
+            max_backlog=self.max_backlog,
+            slo_violation_seconds=slo_violation_seconds(arrivals, self.starts, self.world.slo),
+            scale_actions=self.actions_taken,
+            series=self.series,
+        )
 
 
 def slo_violation_seconds(arrivals: np.ndarray, starts: np.ndarray, slo: float) -> float:

@@ -62,5 +62,10 @@ SIM_SERVICE_TIME = 0.5
 #: 19-24 s alone and up to 40 s while other guests loaded the host.
 SIM_BOOT_DELAY = 30.0
 
+#: Seconds from a stopped VM's last job drained to its domain being off, for the simulator: the
+#: guest's systemd has only the worker's unit left to stop before it powers off. An estimate, not
+#: measured; it only adds to the VM-seconds of each scale-down.
+SIM_SHUTDOWN_DELAY = 3.0
+
 #: Header that carries why a message was dead-lettered.
 REASON_HEADER = "x-virtscale-reason"

@@ -1,9 +1,13 @@
 """The simulator on cases that can be checked by hand, and its determinism."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+
+from tests.conftest import run_module
+from virtscale import defaults
 from virtscale.scaler.policy import Policy, PolicyConfig
 from virtscale.scaler.simulator import (
     World,
@@ -12,8 +16,6 @@ from virtscale.scaler.simulator import (
     simulate,
     slo_violation_seconds,
 )
-
-from tests.conftest import run_module
 
 WORLD = World(vcpus=1, service_time=0.2, boot_delay=30, shutdown_delay=3, interval=5, slo=60, pool_size=4)
 
@@ -113,3 +115,19 @@ def test_events_file_becomes_a_replayable_trace(tmp_path):
     path.write_text(trace)
     replay = run_module("scaler", "simulate", "--trace", str(path), "--json", timeout=60, check=True).stdout
     assert json.loads(replay)["load"] == str(path)
+
+
+def test_the_shutdown_delay_default_is_the_documented_one():
+    assert World().shutdown_delay == defaults.SIM_SHUTDOWN_DELAY
+
+
+def test_a_scale_down_costs_the_shutdown_delay_in_vm_seconds():
+    # Two idle VMs, one to go: the second is up until the scale-down tick, then drained
+    # (nothing in hand) and off one shutdown delay later, on the next tick that sees it.
+    config = PolicyConfig(min_vms=1, max_vms=2, scale_down_stabilization=0)
+    quick, slow = (replace(WORLD, initial_vms=2, shutdown_delay=delay) for delay in (1.0, 4.0))
+    arrivals = evenly(0.1, 100)
+    fast_off = simulate(Policy(config), quick, arrivals)
+    slow_off = simulate(Policy(config), slow, arrivals)
+    assert fast_off.scale_actions == slow_off.scale_actions == 1
+    assert slow_off.vm_seconds - fast_off.vm_seconds == pytest.approx(3.0)
