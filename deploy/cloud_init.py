@@ -4,6 +4,8 @@ KVM host, a bridge network): `make cloud-init BROKER=10.0.0.5 NAME=worker-1`.
 The worker code travels inside the user-data (a base64 tarball), so the guest downloads
 nothing but Debian's python3-pika, python3-bcrypt and python3-tenacity from its mirror; the
 broker password goes to a root-only file and reaches the service as a systemd credential.
+The user-data is built as data and written by a YAML emitter, so every value (the password
+above all) is quoted as YAML needs, whatever characters it holds.
 """
 
 from __future__ import annotations
@@ -11,56 +13,71 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import ipaddress
+import re
 import sys
 import tarfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import yaml
 
-TEMPLATE = """#cloud-config
-hostname: {name}
-package_update: true
-packages: [python3, python3-pika, python3-bcrypt, python3-cffi-backend, python3-tenacity, nftables]
-write_files:
-  - path: /opt/virtscale.tar.gz
-    encoding: b64
-    permissions: "0644"
-    content: {code}
-  - path: /etc/virtscale/worker.env
-    permissions: "0644"
-    content: |
-      VIRTSCALE_WORKER_NAME={name}
-      VIRTSCALE_AMQP_URL=amqp://{user}@{broker}:{port}/%2F
-      VIRTSCALE_QUEUE={queue}
-      VIRTSCALE_COST={cost}
-  - path: /etc/virtscale/password
-    permissions: "0600"
-    content: {password}
-  - path: /etc/systemd/system/virtscale-worker.service
-    permissions: "0644"
-    encoding: b64
-    content: {unit}
-  - path: /etc/tmpfiles.d/virtscale.conf
-    permissions: "0644"
-    content: |
-      # The unit reads /run/virtscale (in the VM image it is made at boot from fw_cfg).
-      L+ /run/virtscale - - - - /etc/virtscale
-  - path: /etc/nftables.d/virtscale.nft
-    permissions: "0644"
-    content: |
-      table inet virtscale {{
-        chain output {{
-          type filter hook output priority 0; policy accept;
-          ip daddr {broker} tcp dport != {port} reject comment "only the broker's port on its host"
-        }}
-      }}
-runcmd:
-  - [tar, -xzf, /opt/virtscale.tar.gz, -C, /opt]
-  - [systemd-tmpfiles, --create, /etc/tmpfiles.d/virtscale.conf]
-  - [nft, -f, /etc/nftables.d/virtscale.nft]
-  - [systemctl, daemon-reload]
-  - [systemctl, enable, --now, virtscale-worker.service]
-"""
+from virtscale.config import OneLineParser, queue_name
+
+ROOT = Path(__file__).resolve().parent.parent
+PROG = "deploy/cloud_init.py"
+
+#: What the guest installs from its own Debian mirror: the worker's dependencies and nftables.
+PACKAGES = [
+    "python3",
+    "python3-pika",
+    "python3-bcrypt",
+    "python3-cffi-backend",
+    "python3-tenacity",
+    "nftables",
+]
+
+#: One DNS label: letters, digits and inner hyphens, at most 63 characters.
+LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: The worker name is the guest's hostname (one label) and goes into the env file as it is.
+HOSTNAME = re.compile(LABEL)
+#: A DNS name: labels separated by dots, at most 253 characters.
+DNS_NAME = re.compile(rf"(?=.{{1,253}}\Z){LABEL}(?:\.{LABEL})*")
+#: A broker user name as RabbitMQ users are named here (it goes into a URL and the env file).
+USER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def worker_name(text: str) -> str:
+    if not HOSTNAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be a host name (letters, digits, -), got {text!r}")
+    return text
+
+
+def broker_host(text: str) -> str:
+    """An IPv4 address or a DNS name: the nftables rule matches it with `ip daddr`."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        if DNS_NAME.fullmatch(text) and not text.replace(".", "").isdigit():
+            return text
+    raise argparse.ArgumentTypeError(f"must be an IPv4 address or a host name, got {text!r}")
+
+
+def tcp_port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number, 1-65535, got {text!r}")
+    return int(text)
+
+
+def bcrypt_cost(text: str) -> int:
+    if not text.isdigit() or not 4 <= int(text) <= 31:
+        raise argparse.ArgumentTypeError(f"must be between 4 and 31, got {text!r}")
+    return int(text)
+
+
+def broker_user(text: str) -> str:
+    if not USER_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be 1-64 letters, digits or . _ -, got {text!r}")
+    return text
 
 
 def code_tarball() -> str:
@@ -73,31 +90,93 @@ def code_tarball() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deploy/cloud_init.py", description=__doc__)
-    parser.add_argument("--name", required=True, help="worker name (the domain name)")
-    parser.add_argument("--broker", required=True, help="broker address as the guest sees it")
-    parser.add_argument("--port", type=int, default=5672)
-    parser.add_argument("--user", default="worker")
-    parser.add_argument("--password-file", default="var/secrets/worker")
-    parser.add_argument("--queue", default="licenses")
-    parser.add_argument("--cost", type=int, default=12)
-    args = parser.parse_args(argv)
-    unit = base64.b64encode((ROOT / "deploy" / "virtscale-worker.service").read_bytes()).decode()
-    password = Path(args.password_file).read_text().strip()
-    sys.stdout.write(
-        TEMPLATE.format(
-            name=args.name,
-            code=code_tarball(),
-            user=args.user,
-            broker=args.broker,
-            port=args.port,
-            queue=args.queue,
-            cost=args.cost,
-            password=password,
-            unit=unit,
-        )
+def worker_env(args: argparse.Namespace) -> str:
+    """The service's EnvironmentFile; its values are checked by the argument types above."""
+    settings = {
+        "VIRTSCALE_WORKER_NAME": args.name,
+        "VIRTSCALE_AMQP_URL": f"amqp://{args.user}@{args.broker}:{args.port}/%2F",
+        "VIRTSCALE_QUEUE": args.queue,
+        "VIRTSCALE_COST": args.cost,
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def egress_rules(broker: str, port: int) -> str:
+    """nftables: on the broker's host the guest may reach the broker's port and nothing else."""
+    return (
+        "table inet virtscale {\n"
+        "  chain output {\n"
+        "    type filter hook output priority 0; policy accept;\n"
+        f'    ip daddr {broker} tcp dport != {port} reject comment "only the broker\'s port on its host"\n'
+        "  }\n"
+        "}\n"
     )
+
+
+def write_file(path: str, content: str, permissions: str, encoding: str | None = None) -> dict:
+    entry = {"path": path}
+    if encoding:
+        entry["encoding"] = encoding
+    return {**entry, "permissions": permissions, "content": content}
+
+
+def user_data(args: argparse.Namespace, password: str, code: str, unit: str) -> dict:
+    """The cloud-config document: packages, the files the worker needs, and the commands that
+    unpack and start it."""
+    tmpfiles = (
+        "# The unit reads /run/virtscale (in the VM image it is made at boot from fw_cfg).\n"
+        "L+ /run/virtscale - - - - /etc/virtscale\n"
+    )
+    return {
+        "hostname": args.name,
+        "package_update": True,
+        "packages": PACKAGES,
+        "write_files": [
+            write_file("/opt/virtscale.tar.gz", code, "0644", encoding="b64"),
+            write_file("/etc/virtscale/worker.env", worker_env(args), "0644"),
+            write_file("/etc/virtscale/password", password, "0600"),
+            write_file("/etc/systemd/system/virtscale-worker.service", unit, "0644", encoding="b64"),
+            write_file("/etc/tmpfiles.d/virtscale.conf", tmpfiles, "0644"),
+            write_file("/etc/nftables.d/virtscale.nft", egress_rules(args.broker, args.port), "0644"),
+        ],
+        "runcmd": [
+            ["tar", "-xzf", "/opt/virtscale.tar.gz", "-C", "/opt"],
+            ["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/virtscale.conf"],
+            ["nft", "-f", "/etc/nftables.d/virtscale.nft"],
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", "--now", "virtscale-worker.service"],
+        ],
+    }
+
+
+def render(document: dict) -> str:
+    """cloud-init's header line, then the document as YAML (the emitter quotes every value)."""
+    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=100, allow_unicode=True)
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description=__doc__)
+    parser.add_argument("--name", required=True, type=worker_name, help="worker name (the domain name)")
+    parser.add_argument(
+        "--broker", required=True, type=broker_host, help="broker address as the guest sees it"
+    )
+    parser.add_argument("--port", type=tcp_port, default=5672)
+    parser.add_argument("--user", type=broker_user, default="worker")
+    parser.add_argument("--password-file", metavar="FILE", default="var/secrets/worker")
+    parser.add_argument("--queue", type=queue_name, default="licenses")
+    parser.add_argument("--cost", type=bcrypt_cost, default=12)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        password = Path(args.password_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        parser.error(f"--password-file {args.password_file!r} cannot be read: {exc.strerror} (make broker)")
+    unit = base64.b64encode((ROOT / "deploy" / "virtscale-worker.service").read_bytes()).decode()
+    sys.stdout.write(render(user_data(args, password, code_tarball(), unit)))
     return 0
 
 
