@@ -17,9 +17,13 @@ import string
 import subprocess
 import sys
 import time
+import xml.sax.saxutils
 from pathlib import Path
+from xml.etree import ElementTree
 
 import libvirt
+
+from virtscale.config import OneLineParser
 
 HERE = Path(__file__).resolve().parent
 IMAGE_DIR = Path(os.environ.get("VIRTSCALE_IMAGE_DIR", "/var/lib/libvirt/images/virtscale"))
@@ -76,29 +80,41 @@ def backing_file(disk: Path) -> str | None:
     return json.loads(info.stdout).get("backing-filename") if info.returncode == 0 else None
 
 
+def xml_text(value: object) -> str:
+    """``value`` escaped for the template: element text or a double-quoted attribute."""
+    return xml.sax.saxutils.escape(str(value), {'"': "&quot;", "'": "&apos;"})
+
+
+def interface_xml(network: str) -> str:
+    """QEMU user-mode networking, or an interface on the libvirt network named ``network``."""
+    interface = ElementTree.Element("interface", type="user" if network == "user" else "network")
+    if network != "user":
+        ElementTree.SubElement(interface, "source", network=network)
+    ElementTree.SubElement(interface, "model", type="virtio")
+    return ElementTree.tostring(interface, encoding="unicode")
+
+
 def render(name: str, args: argparse.Namespace, domain_type: str, uuid: str | None = None) -> str:
-    if args.network == "user":
-        interface = '<interface type="user"><model type="virtio"/></interface>'
-    else:
-        interface = (
-            f'<interface type="network"><source network="{args.network}"/><model type="virtio"/></interface>'
-        )
-    cpu = '<cpu mode="host-passthrough"/>' if domain_type == "kvm" else ""
+    """The domain XML from domain.xml.in. Every value is escaped (a name, a path or a network
+    may hold any character); the optional elements are built whole by ElementTree."""
+    values = {
+        "name": name,
+        "domain_type": domain_type,
+        "pool": args.pool,
+        "memory_mib": args.memory,
+        "vcpus": args.vcpus,
+        "image_dir": IMAGE_DIR,
+        "config_file": IMAGE_DIR / f"{name}.json",
+        "disk": IMAGE_DIR / f"{name}.qcow2",
+        "console_log": CONSOLE_DIR / f"{name}.console.log",
+    }
+    elements = {
+        "uuid": f"<uuid>{xml_text(uuid)}</uuid>" if uuid else "",
+        "cpu": '<cpu mode="host-passthrough"/>' if domain_type == "kvm" else "",
+        "interface": interface_xml(args.network),
+    }
     template = string.Template((HERE / "domain.xml.in").read_text())
-    return template.substitute(
-        name=name,
-        uuid=f"<uuid>{uuid}</uuid>" if uuid else "",
-        domain_type=domain_type,
-        pool=args.pool,
-        memory_mib=args.memory,
-        vcpus=args.vcpus,
-        image_dir=IMAGE_DIR,
-        config_file=IMAGE_DIR / f"{name}.json",
-        disk=IMAGE_DIR / f"{name}.qcow2",
-        interface=interface,
-        cpu=cpu,
-        console_log=CONSOLE_DIR / f"{name}.console.log",
-    )
+    return template.substitute({key: xml_text(value) for key, value in values.items()}, **elements)
 
 
 def write_settings(name: str, args: argparse.Namespace) -> None:
@@ -168,7 +184,7 @@ def undefine(connection: libvirt.virConnect, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deploy/vms.py", description=__doc__)
+    parser = OneLineParser(prog="deploy/vms.py", description=__doc__)
     parser.add_argument("command", choices=["define", "undefine"])
     parser.add_argument("--connect", default="qemu:///system")
     parser.add_argument("--count", type=int, default=3)

@@ -3,9 +3,12 @@ domain XML. Whatever characters a value holds, the output parses back to exactly
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import tarfile
+from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -112,3 +115,76 @@ def test_a_value_that_would_break_a_generated_file_is_one_line_and_exit_2(cloud_
 @pytest.mark.parametrize("host", ["broker.example.org", "mq-1", "192.168.122.1"])
 def test_a_broker_may_be_a_host_name_or_an_ipv4_address(cloud_init, host):
     assert cloud_init.broker_host(host) == host
+
+
+# -- deploy/vms.py: the domain XML ------------------------------------------------------------------
+
+#: Every character with a meaning in XML markup.
+NASTY_NETWORK = "we\"ird<>&'net"
+
+
+@pytest.fixture(scope="module")
+def vms():
+    return load("vms")
+
+
+def domain(vms, name="vm-1", network="user", domain_type="qemu", uuid=None) -> ElementTree.Element:
+    args = argparse.Namespace(network=network, pool="vm-*", memory=384, vcpus=2)
+    return ElementTree.fromstring(vms.render(name, args, domain_type, uuid))
+
+
+def test_a_network_name_with_markup_characters_is_escaped(vms):
+    source = domain(vms, network=NASTY_NETWORK).find("devices/interface/source")
+    assert source.get("network") == NASTY_NETWORK
+    assert domain(vms, network=NASTY_NETWORK).find("devices/interface").get("type") == "network"
+
+
+def test_a_name_and_an_image_folder_with_markup_characters_are_escaped(vms, monkeypatch):
+    monkeypatch.setattr(vms, "IMAGE_DIR", Path("/images/a&b<c>'\"d"))
+    root = domain(vms, name="vm-<&>")
+    assert root.findtext("name") == "vm-<&>"
+    assert root.find("devices/disk/source").get("file") == "/images/a&b<c>'\"d/vm-<&>.qcow2"
+    assert root.findtext("os/kernel") == "/images/a&b<c>'\"d/vmlinuz"
+    assert root.find("sysinfo/entry").get("file") == "/images/a&b<c>'\"d/vm-<&>.json"
+
+
+def test_a_normal_domain_has_the_elements_the_scaler_and_the_guest_rely_on(vms):
+    root = domain(vms, name="vm-2")
+    assert root.tag == "domain"
+    assert root.get("type") == "qemu"
+    assert root.findtext("name") == "vm-2"
+    assert root.find("uuid") is None
+    assert root.find("cpu") is None
+    assert (root.findtext("memory"), root.find("memory").get("unit"), root.findtext("vcpu")) == (
+        "384",
+        "MiB",
+        "2",
+    )
+    assert root.find("sysinfo").get("type") == "fwcfg"
+    assert root.find("sysinfo/entry").get("name") == "opt/virtscale/config"
+    interface = root.find("devices/interface")
+    assert interface.get("type") == "user"
+    assert interface.find("source") is None
+    assert interface.find("model").get("type") == "virtio"
+    assert root.find("devices/serial/source").get("path").endswith("/vm-2.console.log")
+    assert "pool vm-*" in root.findtext("description")
+
+
+def test_kvm_passes_the_host_cpu_through_and_a_redefinition_keeps_its_uuid(vms):
+    root = domain(vms, domain_type="kvm", uuid="0b6e1f3c-5d35-4b1e-9f3a-2c9f0d7e1a11")
+    assert root.get("type") == "kvm"
+    assert root.find("cpu").get("mode") == "host-passthrough"
+    assert root.findtext("uuid") == "0b6e1f3c-5d35-4b1e-9f3a-2c9f0d7e1a11"
+
+
+@pytest.mark.libvirt
+def test_libvirt_accepts_the_domain_and_keeps_the_escaped_network(vms):
+    libvirt = pytest.importorskip("libvirt")
+    connection = libvirt.open("test:///default")
+    try:
+        args = argparse.Namespace(network=NASTY_NETWORK, pool="vm-*", memory=384, vcpus=1)
+        defined = connection.defineXML(vms.render("vm-escape", args, "qemu"))
+        source = ElementTree.fromstring(defined.XMLDesc()).find("devices/interface/source")
+        assert source.get("network") == NASTY_NETWORK
+    finally:
+        connection.close()
