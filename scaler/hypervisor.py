@@ -2,7 +2,8 @@
 three things the scaler ever does to one (start, ACPI shutdown, destroy).
 
 Only domains whose names match the pool glob are ever looked at or touched.
-Nothing outside this module imports libvirt.
+Nothing outside this module imports libvirt, and no libvirtError leaves it: each one comes
+out as HypervisorUnavailable (no answer this time) or ActionFailed (a refused action).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
+import tenacity
 
 from virtscale import defaults
 
@@ -51,7 +53,8 @@ CONNECTION_ERRORS = frozenset(
 
 
 class HypervisorUnavailable(Exception):
-    """libvirtd cannot be reached now; the scaler keeps ticking and retries with backoff."""
+    """No answer from libvirt this time: libvirtd is unreachable (reconnected with capped
+    backoff) or the call failed. The scaler keeps ticking, degraded, and asks again."""
 
 
 class HypervisorRefused(Exception):
@@ -59,7 +62,8 @@ class HypervisorRefused(Exception):
 
 
 class ActionFailed(Exception):
-    """libvirt refused to start or stop a domain; the message names it and says why."""
+    """libvirt refused to start or stop a domain; the message names it and says why. The
+    policy's bookkeeping (boot and drain timeouts) decides what to try next."""
 
 
 @dataclass(frozen=True)
@@ -78,16 +82,47 @@ class DomainSample:
     sampled_at: float
 
 
+def _reconnect_wait() -> Callable[[tenacity.RetryCallState], float]:
+    """tenacity's capped, jittered exponential wait with the reconnect defaults."""
+    limits = {"max": defaults.RECONNECT_MAX, "jitter": defaults.RECONNECT_JITTER}
+    try:
+        return tenacity.wait_exponential_jitter(multiplier=defaults.RECONNECT_INITIAL, **limits)
+    except TypeError:  # tenacity before `multiplier` (setup.cfg allows 8.2) calls it `initial`
+        return tenacity.wait_exponential_jitter(initial=defaults.RECONNECT_INITIAL, **limits)
+
+
+def _reason(exc: libvirt.libvirtError) -> str:
+    return exc.get_error_message() or str(exc)
+
+
+def _alive(connection: libvirt.virConnect) -> bool:
+    try:
+        return bool(connection.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
 class Hypervisor:
-    """One libvirt connection, reopened with capped backoff when libvirtd goes away."""
+    """One libvirt connection, reopened with capped, jittered backoff when libvirtd goes away.
+
+    The backoff never sleeps: the scaler's tick must not block. tenacity's wait strategy
+    gives each delay from the count of failed opens (a RetryCallState), and until the next
+    attempt is due every call answers HypervisorUnavailable at once."""
 
     def __init__(self, uri: str, pool: str, clock: Callable[[], float] = time.monotonic):
         self.uri = uri
         self.pool = pool
         self.clock = clock
         self._connection: libvirt.virConnect | None = None
-        self._failures = 0
+        self._wait = _reconnect_wait()
+        #: The failed opens since the last success (None: the last open worked).
+        self._retry_state: tenacity.RetryCallState | None = None
         self._next_attempt = 0.0
+
+    @property
+    def next_attempt(self) -> float:
+        """Clock time from which the next connection attempt may be made."""
+        return self._next_attempt
 
     @classmethod
     def check_uri(cls, uri: str) -> None:
@@ -97,8 +132,8 @@ class Hypervisor:
             libvirt.open(uri).close()
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR:
-                raise HypervisorUnavailable(f"{uri}: {exc.get_error_message()}") from None
-            raise HypervisorRefused(f"--connect {uri!r}: {exc.get_error_message()}") from None
+                raise HypervisorUnavailable(f"{uri}: {_reason(exc)}") from None
+            raise HypervisorRefused(f"--connect {uri!r}: {_reason(exc)}") from None
 
     def in_pool(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name, self.pool)
@@ -106,11 +141,8 @@ class Hypervisor:
     def _connect(self) -> libvirt.virConnect:
         connection = self._connection
         if connection is not None:
-            try:
-                if connection.isAlive():
-                    return connection
-            except libvirt.libvirtError:
-                pass
+            if _alive(connection):
+                return connection
             self._drop("connection to libvirtd lost")
         now = self.clock()
         if now < self._next_attempt:
@@ -120,14 +152,26 @@ class Hypervisor:
         try:
             self._connection = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
-            self._failures += 1
-            delay = min(defaults.RECONNECT_MAX, defaults.RECONNECT_INITIAL * 2 ** (self._failures - 1))
-            self._next_attempt = now + delay
-            raise HypervisorUnavailable(f"{self.uri}: {exc.get_error_message()}") from None
-        if self._failures:
+            delay = self._schedule_retry(now, exc)
+            raise HypervisorUnavailable(
+                f"{self.uri}: {_reason(exc)}; next attempt in {delay:.1f} s"
+            ) from None
+        if self._retry_state is not None:
             log.info("%s: reconnected to libvirtd", self.uri)
-        self._failures = 0
+            self._retry_state = None
         return self._connection
+
+    def _schedule_retry(self, now: float, exc: libvirt.libvirtError) -> float:
+        """Count a failed open and set when the next one is due; returns the delay in seconds."""
+        state = self._retry_state
+        if state is None:
+            state = self._retry_state = tenacity.RetryCallState(None, None, (), {})
+        else:
+            state.prepare_for_next_attempt()
+        state.set_exception((type(exc), exc, None))
+        delay = self._wait(state)
+        self._next_attempt = now + delay
+        return delay
 
     def _drop(self, why: str) -> None:
         log.warning("%s: %s", self.uri, why)
@@ -136,15 +180,18 @@ class Hypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 connection.close()
 
-    def _call(self, what: str, action: Callable[[libvirt.virConnect], object]):
+    def _call(self, what: str, action: Callable[[libvirt.virConnect], object], failed: type[Exception]):
+        """``action`` on the connection, with every libvirtError turned into one of ours: a lost
+        connection is dropped (reopened with backoff) as HypervisorUnavailable; any other error
+        becomes ``failed``, saying what was attempted."""
         connection = self._connect()
         try:
             return action(connection)
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() in CONNECTION_ERRORS and not connection.isAlive():
-                self._drop(f"{what}: {exc.get_error_message()}")
-                raise HypervisorUnavailable(f"{self.uri}: {exc.get_error_message()}") from None
-            raise
+            if exc.get_error_code() in CONNECTION_ERRORS and not _alive(connection):
+                self._drop(f"{what}: {_reason(exc)}")
+                raise HypervisorUnavailable(f"{self.uri}: {_reason(exc)}") from None
+            raise failed(f"{what} on {self.uri}: {_reason(exc)}") from None
 
     def sample(self) -> list[DomainSample]:
         """The pool's domains: one bulk stats call; per-domain info only where the driver's
@@ -175,7 +222,7 @@ class Hypervisor:
                 )
             return samples
 
-        return self._call("sampling", collect)
+        return self._call("sampling", collect, HypervisorUnavailable)
 
     @staticmethod
     def _cpu_fallback(domain, cpu_time, vcpus) -> tuple[int | None, int | None]:
@@ -205,8 +252,5 @@ class Hypervisor:
         def run(connection: libvirt.virConnect) -> None:
             action(connection.lookupByName(name))
 
-        try:
-            self._call(what, run)
-        except libvirt.libvirtError as exc:
-            raise ActionFailed(f"{what} {name} on {self.uri}: {exc.get_error_message()}") from None
+        self._call(f"{what} {name}", run, ActionFailed)
         log.info("%s: %s %s", self.uri, what, name)

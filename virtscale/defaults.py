@@ -18,6 +18,11 @@ RECONNECT_INITIAL = 0.5
 #: Longest wait between two reconnect attempts, in seconds.
 RECONNECT_MAX = 30.0
 
+#: Most seconds of random jitter added to a libvirt reconnect wait, so that scalers that lost the
+#: same libvirtd do not come back in step; no more than RECONNECT_INITIAL, so that each wait is
+#: still at least as long as the one before.
+RECONNECT_JITTER = RECONNECT_INITIAL
+
 #: Seconds between publishes in the producer (the original's "delta").
 DELTA = 1.0
 
