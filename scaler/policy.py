@@ -19,9 +19,9 @@ RATE_SETTLE = 10.0
 #: one tick's arrivals are noisy, and a VM started on noise costs a boot.
 ARRIVAL_SMOOTHING = 0.3
 
-#: Weight of the newest per-VM rate sample in the learned rate: a tick's acks are few and lumpy,
-#: so a sample moves the estimate a little; the weight is smaller than the arrivals', as the
-#: service rate itself changes only with the host's load.
+#: Weight of the newest per-VM rate sample in the learned rate: a tick's acks are few and come in
+#: lumps, while the rate itself changes only slowly (with the host's load), so one sample moves
+#: the estimate a fifth of the way.
 RATE_SMOOTHING = 0.2
 
 #: Busy share of the ready VMs' CPU below which a tick teaches nothing about the per-VM rate:
@@ -32,7 +32,8 @@ LEARN_MIN_BUSY_SHARE = 0.2
 #: among equals the highest-numbered goes, so the pool shrinks from its end.
 VICTIM_CPU_STEP = 5.0
 
-#: Slack for floating-point error when a ratio of VMs is rounded: 3 x (1/3) must give 1, not 2.
+#: Slack for floating-point error when a ratio is rounded to whole VMs: a ratio that is 3 on
+#: paper but computes as 3.0000000000000004 asks for 3 VMs, not 4.
 ROUNDING_SLACK = 1e-9
 
 #: Actions the scaler takes on a domain.
