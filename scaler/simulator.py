@@ -130,7 +130,8 @@ class _Vm:
 def simulate(
     policy: Policy, world: World, arrivals: np.ndarray, *, horizon: float | None = None
 ) -> SimResult:
-    """Run ``policy`` against ``arrivals`` (sorted times) until every job is served."""
+    """Run ``policy`` against ``arrivals`` (sorted times), one scaler tick at a time, until
+    every job has started and ``horizon`` (at least the last arrival) is reached."""
     run = _Run(world, arrivals)
     horizon = max(horizon or 0.0, float(arrivals[-1]) if len(arrivals) else 0.0)
     tick = 0
