@@ -9,6 +9,7 @@ stops everything and shuts the VMs down.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import select
 import signal
@@ -17,6 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -24,6 +32,31 @@ from virtscale.scaler.plots import plot_events  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 OUT = ROOT / "var" / "demo"
+
+#: The scaler's settings for the demo: ticks every 2 s, one VM started per tick at most, quick
+#: to scale out and in again, so a two-minute step shows N -> N+1 -> back.
+SCALER_FLAGS = [
+    "--connect", "qemu:///system",
+    "--pool", "vm-*",
+    "--min", "1",
+    "--interval", "2",
+    "--target-backlog", "40",
+    "--max-start-per-tick", "1",
+    "--scale-up-cooldown", "25",
+    "--scale-down-stabilization", "30",
+    "--boot-timeout", "150",
+    "--drain-timeout", "60",
+    "--metrics-port", "9477",
+    "--shutdown-on-exit",
+]  # fmt: skip
+
+#: The demo's own lines ("demo: producer started ...") kept above the live table.
+LOG_LINES = 6
+
+STOP_HINT = "type 'terminate' and Enter, or press Ctrl-C, to stop everything"
+
+#: Seconds between two looks at the events file (the scaler writes one event every 2 s).
+POLL_INTERVAL = 1.0
 
 
 def credentials(user: str) -> list[str]:
@@ -41,7 +74,125 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# -- the commands -------------------------------------------------------------------------------
+
+
+def collector_command(store: str) -> list[str]:
+    return [str(BIN / "virtscale-collector"), "run", *credentials("collector"), "--store", store]
+
+
+def scaler_command(vms: int, events_path: Path) -> list[str]:
+    return [
+        str(BIN / "virtscale-scaler"),
+        "run",
+        *credentials("scaler"),
+        *SCALER_FLAGS,
+        "--max",
+        str(vms),
+        "--events",
+        str(events_path),
+    ]
+
+
+def producer_command(args: argparse.Namespace) -> list[str]:
+    """The step profile: base rate, then the peak for step-length seconds, then base again."""
+    return [
+        str(BIN / "virtscale-producer"),
+        *credentials("producer"),
+        "--profile", "step",
+        "--base", str(args.base),
+        "--peak", str(args.peak),
+        "--start", str(args.step_start),
+        "--duration", str(args.step_length),
+        "--seed", "1",
+    ]  # fmt: skip
+
+
+# -- what the events say (pure) -----------------------------------------------------------------
+
+
+def running(event: dict) -> int:
+    return sum(1 for domain in event["domains"].values() if domain["state"] == "running")
+
+
+def first_vm_consuming(events: list[dict]) -> bool:
+    """A VM's worker consumes: the pool can take jobs, so the producer may start."""
+    return bool(events) and any(domain.get("consuming") for domain in events[-1]["domains"].values())
+
+
+def load_served(events: list[dict]) -> bool:
+    """The demo's success: the queue is empty and one VM runs again, after more than one ran."""
+    if not events:
+        return False
+    last = events[-1]
+    return last["depth"] == 0 and running(last) == 1 and any(running(event) > 1 for event in events)
+
+
+def verdict(
+    events: list[dict], *, elapsed: float, timeout: float, producer_finished: bool, scaler_exited: bool
+) -> tuple[int, str] | None:
+    """(exit status, why) once the demo is over, None while it goes on."""
+    if elapsed > timeout:
+        return 1, "demo: timed out"
+    if producer_finished and load_served(events):
+        return 0, "demo: load served and the pool is back to one VM"
+    if scaler_exited:
+        return 1, f"demo: the scaler exited; see {OUT / 'scaler.log'}"
+    return None
+
+
+# -- the live view --------------------------------------------------------------------------------
+
+
+def one_line(text: str, style: str = "") -> Text:
+    """A line that never wraps: cut with an ellipsis at the console's width."""
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+
+
+def domain_table(event: dict) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for heading, justify in (("VM", "left"), ("state", "left"), ("CPU", "right"), ("consuming", "left")):
+        table.add_column(heading, justify=justify, no_wrap=True, overflow="ellipsis")
+    for name, domain in sorted(event["domains"].items()):
+        cpu = "" if domain.get("cpu") is None else f"{domain['cpu']:.0f}%"
+        table.add_row(name, domain["state"], cpu, "yes" if domain.get("consuming") else "")
+    return table
+
+
+def tick_lines(event: dict, started: float) -> list[Text]:
+    """What the scaler saw and decided in one tick, a line each."""
+    depth = "?" if event["depth"] is None else event["depth"]
+    actions = ", ".join(f"{action['action']} {action['domain']}" for action in event["actions"])
+    seen = f"tick at +{event['time'] - started:.0f} s: queue depth {depth}, desired {event['desired']} VMs"
+    lines = [
+        one_line(seen),
+        one_line(f"decision: {actions or 'no action'}", "bold" if actions else ""),
+        one_line(f"because: {event['reason']}", "dim"),
+    ]
+    if event.get("degraded"):
+        problems = "; ".join(event.get("problems") or ["a signal is missing"])
+        lines.append(one_line(f"degraded: {problems}", "red"))
+    return lines
+
+
+def render_view(events: list[dict], started: float, log_lines: list[str], now: float) -> RenderableType:
+    """The live view, a pure function of what the demo knows; no line is wider than the console."""
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    parts: list[RenderableType] = [one_line(line) for line in log_lines]
+    if log_lines:
+        parts.append(Rule(style="dim"))
+    parts.append(one_line(f"virtscale demo  {clock}  ({now - started:.0f} s in)", "bold"))
+    if events:
+        parts.extend(tick_lines(events[-1], started))
+        parts.append(domain_table(events[-1]))
+    else:
+        parts.append(one_line("waiting for the scaler's first tick ...", "dim"))
+    parts.append(one_line(STOP_HINT, "dim"))
+    return Group(*parts)
+
+
 def live_line(event: dict, started: float) -> str:
+    """One tick as one plain line, for output that is not a terminal (a pipe, a log file)."""
     vms = " ".join(
         f"{name}:{d['state'][:3]}"
         + (f"/{d['cpu']:.0f}%" if d.get("cpu") is not None else "")
@@ -55,7 +206,177 @@ def live_line(event: dict, started: float) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+class View:
+    """On a terminal: the view redrawn in place on the alternate screen, the demo's own lines
+    above the table (a line printed outside the view would be painted over), the screen restored
+    on exit and those lines printed again on it. Elsewhere: each line and tick printed once."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.recent: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+        self.said: list[str] = []
+        self._live: Live | None = None
+        self._last_tick: float | None = None
+
+    def __enter__(self) -> View:
+        if self.console.is_terminal:
+            self._live = Live(console=self.console, screen=True, auto_refresh=False)
+            self._live.__enter__()
+        else:
+            self.console.print(f"demo: {STOP_HINT}", markup=False, highlight=False, soft_wrap=True)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc_info)
+            self._live = None
+            for line in self.said:
+                self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def say(self, line: str) -> None:
+        self.said.append(line)
+        self.recent.append(line)
+        if self._live is None:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def show(self, events: list[dict], started: float) -> None:
+        if self._live is not None:
+            self._live.update(render_view(events, started, list(self.recent), time.time()), refresh=True)
+        elif events and events[-1]["time"] != self._last_tick:
+            self._last_tick = events[-1]["time"]
+            self.console.print(live_line(events[-1], started), markup=False, highlight=False, soft_wrap=True)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def terminate_typed() -> bool:
+    """`terminate` and Enter on the terminal (never blocks; nothing to read off a terminal)."""
+    typed = sys.stdin.isatty() and select.select([sys.stdin], [], [], 0)[0]
+    return bool(typed) and sys.stdin.readline().strip() == "terminate"
+
+
+class Demo:
+    """The demo's processes and where their output goes; each step of the run is one method."""
+
+    def __init__(self, args: argparse.Namespace, view: View):
+        self.args = args
+        self.view = view
+        self.events_path = OUT / "events.jsonl"
+        self.store = f"sqlite:///{OUT / 'hashes.db'}"
+        self.children: dict[str, subprocess.Popen] = {}
+        self.stopping = False
+        self.started = time.time()
+
+    def request_stop(self, *_signal_args) -> None:
+        self.stopping = True
+
+    def prepare(self) -> None:
+        """A clean var/demo: no events or store of an earlier run."""
+        OUT.mkdir(parents=True, exist_ok=True)
+        self.events_path.unlink(missing_ok=True)
+        for stale in [*OUT.glob("hashes.db*"), *OUT.glob("*.log")]:
+            stale.unlink()
+
+    def start(self, name: str, command: list[str]) -> None:
+        with open(OUT / f"{name}.log", "wb") as log:  # the child keeps its own copy of the file
+            self.children[name] = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
+            )
+
+    def start_components(self) -> None:
+        self.start("collector", collector_command(self.store))
+        self.start("scaler", scaler_command(self.args.vms, self.events_path))
+        self.started = time.time()
+        self.view.say(f"demo: collector and scaler started (logs in {OUT}); the scaler boots vm-1 first.")
+
+    def start_producer(self) -> None:
+        self.start("producer", producer_command(self.args))
+        args = self.args
+        self.view.say(
+            f"demo: producer started: {args.base:g}/s, then {args.peak:g}/s for {args.step_length:g} s, "
+            f"then {args.base:g}/s"
+        )
+
+    def exited(self, name: str) -> bool:
+        return name in self.children and self.children[name].poll() is not None
+
+    def follow(self) -> int:
+        """Show each tick, start the producer once a VM consumes, stop when the verdict is in."""
+        while not self.stopping:
+            events = read_events(self.events_path)
+            self.view.show(events, self.started)
+            if "producer" not in self.children and first_vm_consuming(events):
+                self.start_producer()
+            ending = verdict(
+                events,
+                elapsed=time.time() - self.started,
+                timeout=self.args.timeout,
+                producer_finished=self.exited("producer"),
+                scaler_exited=self.exited("scaler"),
+            )
+            if ending is not None:
+                self.view.say(ending[1])
+                return ending[0]
+            if terminate_typed():
+                break
+            time.sleep(POLL_INTERVAL)
+        self.view.say("demo: stopping on request")
+        return 1
+
+    def stop_everything(self) -> None:
+        """SIGTERM in order (the scaler shuts the VMs down on its way out); kill what hangs."""
+        for name in ("producer", "scaler", "collector"):
+            process = self.children.get(name)
+            if process and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(120)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+# -- the summary ----------------------------------------------------------------------------------
+
+
+def summary_lines(events: list[dict], started: float, produced: str, figures: dict | None) -> list[str]:
+    lines = ["", "=== summary ===", f"produced: {produced}"]
+    if figures is not None:
+        lines += [
+            f"stored: {figures['stored']} (duplicates ignored {figures['duplicates_ignored']}), "
+            f"dead-lettered: {figures['dead_lettered']}",
+            f"latency produced -> hashed: {figures['latency_seconds']}",
+            f"per VM: {figures['per_worker']}",
+        ]
+    lines.append("VM timeline:")
+    for event in events:
+        for action in event["actions"]:
+            lines.append(
+                f"  {event['time'] - started:6.0f}s  {action['action']:<8} {action['domain']}  "
+                f"({event['reason'][:90]})"
+            )
+    return lines
+
+
+def summarize(events_path: Path, store: str, started: float) -> None:
+    events = read_events(events_path)
+    producer_log = OUT / "producer.log"
+    log_text = producer_log.read_text(errors="replace") if producer_log.exists() else ""
+    produced = next((line for line in log_text.splitlines() if line.startswith("confirmed ")), "not run")
+    stats = subprocess.run(
+        [str(BIN / "virtscale-collector"), "stats", "--store", store, *credentials("scaler")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    figures = json.loads(stats.stdout) if stats.returncode == 0 else None
+    print("\n".join(summary_lines(events, started, produced, figures)))
+    if events:
+        plot_events(events, str(OUT / "demo.png"), "virtscale demo: queue depth, VMs, CPU per VM")
+        print(f"plot: {OUT / 'demo.png'}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
     parser.add_argument("--vms", type=int, default=3, help="pool size (vm-1..vm-N)")
     parser.add_argument("--base", type=float, default=1.0, help="jobs/s before and after the step")
@@ -63,176 +384,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-start", type=float, default=20.0)
     parser.add_argument("--step-length", type=float, default=120.0)
     parser.add_argument("--timeout", type=float, default=1200.0, help="give up after this many seconds")
-    args = parser.parse_args(argv)
-    OUT.mkdir(parents=True, exist_ok=True)
-    events_path = OUT / "events.jsonl"
-    events_path.unlink(missing_ok=True)
-    store = f"sqlite:///{OUT / 'hashes.db'}"
-    for stale in OUT.glob("hashes.db*"):
-        stale.unlink()
-    logs = {name: open(OUT / f"{name}.log", "wb") for name in ("collector", "scaler", "producer")}  # noqa: SIM115
-    children: dict[str, subprocess.Popen] = {}
+    return parser.parse_args(argv)
 
-    def start(name: str, command: list[str]) -> subprocess.Popen:
-        children[name] = subprocess.Popen(
-            command, stdout=logs[name], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
-        )
-        return children[name]
 
-    stopping = False
-
-    def stop(*_args) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    start("collector", [str(BIN / "virtscale-collector"), "run", *credentials("collector"), "--store", store])
-    start(
-        "scaler",
-        [
-            str(BIN / "virtscale-scaler"),
-            "run",
-            *credentials("scaler"),
-            "--connect",
-            "qemu:///system",
-            "--pool",
-            "vm-*",
-            "--min",
-            "1",
-            "--max",
-            str(args.vms),
-            "--interval",
-            "2",
-            "--target-backlog",
-            "40",
-            "--max-start-per-tick",
-            "1",
-            "--scale-up-cooldown",
-            "25",
-            "--scale-down-stabilization",
-            "30",
-            "--boot-timeout",
-            "150",
-            "--drain-timeout",
-            "60",
-            "--events",
-            str(events_path),
-            "--metrics-port",
-            "9477",
-            "--shutdown-on-exit",
-        ],
-    )
-    print(f"demo: collector and scaler started (logs in {OUT}); the scaler boots vm-1 first.")
-    print("demo: type 'terminate' (or Ctrl-C) to stop everything.\n")
-    started = time.time()
-    producer_started = False
-    last_printed = None
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    view = View(Console(highlight=False))
+    demo = Demo(args, view)
+    demo.prepare()
+    signal.signal(signal.SIGINT, demo.request_stop)
+    signal.signal(signal.SIGTERM, demo.request_stop)
     result = 1
     try:
-        while not stopping:
-            if time.time() - started > args.timeout:
-                print("demo: timed out")
-                break
-            events = read_events(events_path)
-            if events and events[-1]["time"] != last_printed:
-                last_printed = events[-1]["time"]
-                print(live_line(events[-1], started), flush=True)
-            if (
-                not producer_started
-                and events
-                and any(d.get("consuming") for d in events[-1]["domains"].values())
-            ):
-                start(
-                    "producer",
-                    [
-                        str(BIN / "virtscale-producer"),
-                        *credentials("producer"),
-                        "--profile",
-                        "step",
-                        "--base",
-                        str(args.base),
-                        "--peak",
-                        str(args.peak),
-                        "--start",
-                        str(args.step_start),
-                        "--duration",
-                        str(args.step_length),
-                        "--seed",
-                        "1",
-                    ],
-                )
-                producer_started = time.time()
-                print(
-                    f"demo: producer started: {args.base:g}/s, then {args.peak:g}/s "
-                    f"for {args.step_length:g} s, "
-                    f"then {args.base:g}/s"
-                )
-            if producer_started and children["producer"].poll() is not None and events:
-                last = events[-1]
-                running = [n for n, d in last["domains"].items() if d["state"] == "running"]
-                if (
-                    last["depth"] == 0
-                    and len(running) == 1
-                    and any(
-                        len([1 for d in e["domains"].values() if d["state"] == "running"]) > 1 for e in events
-                    )
-                ):
-                    print("demo: load served and the pool is back to one VM")
-                    result = 0
-                    break
-            if children["scaler"].poll() is not None:
-                print("demo: the scaler exited; see var/demo/scaler.log")
-                break
-            typed = sys.stdin.isatty() and select.select([sys.stdin], [], [], 0)[0]
-            if typed and sys.stdin.readline().strip() == "terminate":
-                break
-            time.sleep(1)
+        with view:
+            demo.start_components()
+            result = demo.follow()
     finally:
-        for name in ("producer", "scaler", "collector"):
-            process = children.get(name)
-            if process and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(120)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-    summarize(events_path, store, started)
+        if demo.children:
+            print("demo: stopping everything (the scaler shuts the VMs down) ...", flush=True)
+        demo.stop_everything()
+    summarize(demo.events_path, demo.store, demo.started)
     return result
-
-
-def summarize(events_path: Path, store: str, started: float) -> None:
-    events = read_events(events_path)
-    producer_log = (
-        (OUT / "producer.log").read_text(errors="replace") if (OUT / "producer.log").exists() else ""
-    )
-    produced = next((line for line in producer_log.splitlines() if line.startswith("confirmed ")), "not run")
-    stats = subprocess.run(
-        [str(BIN / "virtscale-collector"), "stats", "--store", store, *credentials("scaler")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    print("\n=== summary ===")
-    print(f"produced: {produced}")
-    if stats.returncode == 0:
-        figures = json.loads(stats.stdout)
-        print(
-            f"stored: {figures['stored']} (duplicates ignored {figures['duplicates_ignored']}), "
-            f"dead-lettered: {figures['dead_lettered']}"
-        )
-        print(f"latency produced -> hashed: {figures['latency_seconds']}")
-        print(f"per VM: {figures['per_worker']}")
-    print("VM timeline:")
-    for event in events:
-        for action in event["actions"]:
-            print(
-                f"  {event['time'] - started:6.0f}s  {action['action']:<8} {action['domain']}  "
-                f"({event['reason'][:90]})"
-            )
-    if events:
-        plot_events(events, str(OUT / "demo.png"), "virtscale demo: queue depth, VMs, CPU per VM")
-        print(f"plot: {OUT / 'demo.png'}")
 
 
 if __name__ == "__main__":

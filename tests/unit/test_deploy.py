@@ -50,9 +50,17 @@ def test_the_password_round_trips_through_yaml_exactly(cloud_init, tmp_path, cap
 
 def test_the_env_file_and_the_egress_rule_hold_the_broker_host_and_port(cloud_init, tmp_path, capsys):
     document = cloud_config(
-        cloud_init, tmp_path, NASTY_PASSWORD, "--port", "5673", "--queue", "jobs.a", "--cost", "10",
+        cloud_init,
+        tmp_path,
+        NASTY_PASSWORD,
+        "--port",
+        "5673",
+        "--queue",
+        "jobs.a",
+        "--cost",
+        "10",
         capsys=capsys,
-    )  # fmt: skip
+    )
     env = written(document, "/etc/virtscale/worker.env")["content"].splitlines()
     assert env == [
         "VIRTSCALE_WORKER_NAME=worker-7",

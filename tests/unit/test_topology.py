@@ -99,8 +99,13 @@ def test_definitions_hold_the_queues_users_and_permissions_of_the_topology():
     assert document["queues"][2]["arguments"]["x-dead-letter-routing-key"] == "licenses.dead"
     assert {user["name"]: user["tags"] for user in document["users"]}["scaler"] == ["monitoring"]
     worker = next(grant for grant in document["permissions"] if grant["user"] == "worker")
-    assert worker == {"user": "worker", "vhost": "/v", "configure": "^$", "write": r"^amq\.default$",
-                      "read": "^licenses$"}  # fmt: skip
+    assert worker == {
+        "user": "worker",
+        "vhost": "/v",
+        "configure": "^$",
+        "write": r"^amq\.default$",
+        "read": "^licenses$",
+    }
     assert all(item["vhost"] == "/v" for item in document["queues"] + document["permissions"])
 
 
