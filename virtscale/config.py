@@ -22,7 +22,7 @@ from virtscale.naming import QueueNames
 #: What a license number looks like; used only to scrub it should one ever reach a log line.
 LICENSE_PATTERN = re.compile(r"\b[A-Z]{2}-\d{2}-[A-Z]{2}-\d{4}\b")
 
-QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -72,7 +72,7 @@ def _number(text: str, kind: type) -> float | int:
 
 
 def queue_name(text: str) -> str:
-    if not QUEUE_NAME_PATTERN.match(text):
+    if not QUEUE_NAME_PATTERN.fullmatch(text):
         raise argparse.ArgumentTypeError(f"must be 1-200 letters, digits or . _ : -, got {text!r}")
     return text
 

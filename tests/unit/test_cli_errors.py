@@ -47,6 +47,7 @@ CASES = [
     (WORKER, ["--amqp-url", "http://x"], {}, "--amqp-url must look like amqp://"),
     (WORKER, ["--queue", "bad queue!"], {}, "--queue: must be 1-200 letters"),
     (WORKER, ["--queue", "x" * 201], {}, "--queue: must be 1-200 letters"),
+    (WORKER, ["--queue", "licenses\n"], {}, "--queue: must be 1-200 letters"),
     (WORKER, ["--password-file", "/nonexistent/pw"], {}, "--password-file '/nonexistent/pw' cannot be read"),
     (WORKER, ["--bogus"], {}, "unrecognized arguments: --bogus"),
     (WORKER, ["--log-level", "loud"], {}, "--log-level: must be one of"),
