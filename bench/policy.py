@@ -9,12 +9,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from virtscale.load import profile_rate
+from virtscale.scaler.lab import POLICIES, STANDARD_PROFILES, make_policy, table
 from virtscale.scaler.plots import plot_simulation
 from virtscale.scaler.policy import PolicyConfig
-from virtscale.scaler.simulate import POLICIES, STANDARD_PROFILES, make_policy, table
 from virtscale.scaler.simulator import World, arrival_times, arrivals_per_second, simulate
-
-from virtscale.load import profile_rate
 
 SEEDS = (1, 2, 3)
 OUT = Path("var/bench")

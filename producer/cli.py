@@ -6,13 +6,10 @@ or `terminate` to stop cleanly.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
-import threading
-
-from virtscale.producer.licenses import LicenseGenerator
-from virtscale.producer.publisher import Producer
 
 from virtscale import defaults
 from virtscale.broker import BrokerRefused
@@ -25,82 +22,64 @@ from virtscale.config import (
     positive_float,
     positive_int,
     queue_names,
-    resolve_amqp_url,
 )
-from virtscale.load import PROFILES, ProfileSpec, TraceError, load_trace, profile_rate
+from virtscale.console import start_console
+from virtscale.load import ProfileSpec, profile_rate
+from virtscale.load_options import add_load_options, profile_spec, read_trace
+from virtscale.producer.licenses import LicenseGenerator
+from virtscale.producer.publisher import Producer
+from virtscale.url_checks import checked_amqp_url
 
 log = logging.getLogger("producer")
 
+EXAMPLES = """\
+examples:
+  virtscale-producer --count 100 --rate 5
+  virtscale-producer --profile step --base 1 --peak 8 --start 60 --duration 300
+  virtscale-producer --trace var/run-trace.csv --amqp-url amqp://user@broker:5672/%2F
+"""
 
-def add_profile_options(parser: OneLineParser) -> None:
-    """Load-profile flags, shared with the scaler's simulator."""
-    parser.add_argument("--profile", choices=PROFILES, help="load profile instead of a fixed rate")
-    parser.add_argument(
-        "--base",
-        type=non_negative_float,
-        default=ProfileSpec.base,
-        help="profile: rate outside the peak, jobs/s (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--peak",
-        type=non_negative_float,
-        default=ProfileSpec.peak,
-        help="profile: rate at the peak, jobs/s (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--start",
-        type=non_negative_float,
-        default=ProfileSpec.start,
-        help="profile: seconds before the step/spike/bursts begin; ramp: "
-        "seconds to reach the peak (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=positive_float,
-        default=ProfileSpec.duration,
-        help="profile: seconds the peak (or each burst) lasts (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--period",
-        type=positive_float,
-        default=ProfileSpec.period,
-        help="profile: sine period / mean seconds between bursts (default: %(default)s)",
-    )
-    parser.add_argument("--trace", metavar="FILE.csv", help="replay a load trace, CSV with header time,rate")
+#: What the console says to a line it does not understand.
+CONSOLE_HINT = "type a number of seconds between publishes, or 'terminate' to stop"
 
-
-def profile_spec(args, length: float) -> ProfileSpec:
-    return ProfileSpec(
-        kind=args.profile,
-        base=args.base,
-        peak=args.peak,
-        start=args.start,
-        duration=args.duration,
-        period=args.period,
-        seed=args.seed or 0,
-        length=length,
-    )
+#: The profiles that end by themselves: run for their start, peak and as long again after it.
+FINITE_PROFILES = ("step", "spike", "ramp")
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="virtscale-producer", description=__doc__)
+    parser = OneLineParser(
+        prog="virtscale-producer",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_common_options(parser)
     parser.add_argument(
         "--count",
         type=non_negative_int,
         default=0,
+        metavar="JOBS",
         help="jobs to publish, 0 = until stopped (default: %(default)s)",
     )
     pacing = parser.add_mutually_exclusive_group()
     pacing.add_argument(
         "--delta",
         type=positive_float,
+        metavar="SECONDS",
         help=f"seconds between publishes (default: {defaults.DELTA:g})",
     )
     pacing.add_argument(
-        "--rate", type=non_negative_float, help="jobs per second; 0 = as fast as confirms allow"
+        "--rate",
+        type=non_negative_float,
+        metavar="JOBS/S",
+        help="jobs per second; 0 = as fast as confirms allow",
     )
-    add_profile_options(parser)
+    add_load_options(
+        parser,
+        defaults=ProfileSpec(),
+        profile_default=None,
+        profile_help="pace by a load profile instead of a fixed rate",
+    )
     parser.add_argument(
         "--run-for",
         type=positive_float,
@@ -108,11 +87,17 @@ def build_parser() -> OneLineParser:
         help="stop after this many seconds (default: a profile's or trace's length, "
         "else until --count or terminate)",
     )
-    parser.add_argument("--seed", type=int, help="seed for reproducible license numbers")
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        metavar="N",
+        help="seed for reproducible license numbers and burst times",
+    )
     parser.add_argument(
         "--max-outstanding",
         type=positive_int,
         default=defaults.MAX_OUTSTANDING,
+        metavar="JOBS",
         help="unconfirmed publishes in flight at most (default: %(default)s)",
     )
     return parser
@@ -133,43 +118,38 @@ def pacing_from(parser: OneLineParser, args):
     if len(chosen) > 1:
         parser.error(f"{' and '.join(chosen)} cannot be combined: choose one way to pace")
     if args.trace:
-        try:
-            rate, length = load_trace(args.trace)
-        except TraceError as exc:
-            parser.error(str(exc))
+        rate, length = read_trace(parser, args.trace)
         return rate, args.run_for or length
     if args.profile:
         length = args.run_for or (
-            args.start + args.duration + args.start if args.profile in ("step", "spike", "ramp") else None
+            args.start + args.duration + args.start if args.profile in FINITE_PROFILES else None
         )
-        return profile_rate(profile_spec(args, length or 3600.0)), length
+        spec = profile_spec(args, ProfileSpec(), seed=args.seed or 0, length=length or 3600.0)
+        return profile_rate(spec), length
     if args.rate is not None:
         return (None if args.rate == 0 else (lambda _t, r=args.rate: r)), args.run_for
     delta = args.delta or defaults.DELTA
     return (lambda _t: 1.0 / delta), args.run_for
 
 
-def read_console(producer: Producer) -> None:
-    """The original's console: a number sets delta, `terminate` stops. Bad input is ignored."""
-    for line in sys.stdin:
-        command = line.strip()
-        if not command:
-            continue
-        if command == "terminate":
-            producer.request_stop()
-            return
+def delta_setter(producer: Producer):
+    """The console handler: a number of seconds between publishes (the original's delta)."""
+
+    def set_delta(command: str) -> bool:
         try:
             delta = positive_float(command)
-        except Exception:
-            print("type a number of seconds between publishes, or 'terminate'", file=sys.stderr)
-            continue
+        except argparse.ArgumentTypeError:
+            return False
         producer.set_delta(delta)
+        return True
+
+    return set_delta
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    url = resolve_amqp_url(parser, args)
+    url = checked_amqp_url(parser, args)
     rate, duration = pacing_from(parser, args)
     configure_logging(args.log_level, args.log_format)
     producer = Producer(
@@ -188,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if sys.stdin is not None and sys.stdin.isatty():
-        threading.Thread(target=read_console, args=(producer,), daemon=True).start()
+        start_console(producer.request_stop, CONSOLE_HINT, handle=delta_setter(producer))
     try:
         report = producer.run()
     except BrokerRefused as exc:

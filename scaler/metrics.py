@@ -5,11 +5,14 @@ from __future__ import annotations
 import collections
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
 from virtscale.scaler.loop import TickReport
 
 
 class ScalerMetrics:
-    def __init__(self, port: int | None):
+    """The scaler's gauges and counters, in a registry of their own; served when given a port."""
+
+    def __init__(self, port: int | None = None):
         self.registry = CollectorRegistry()
         self.depth = Gauge("virtscale_queue_depth", "Jobs ready + unacked", registry=self.registry)
         self.vms = Gauge("virtscale_vms", "Pool domains by state", ["state"], registry=self.registry)
@@ -21,7 +24,11 @@ class ScalerMetrics:
         self.actions = Counter("virtscale_scale_actions", "Actions taken", ["action"], registry=self.registry)
         self.ticks = Counter("virtscale_ticks", "Scaler ticks", registry=self.registry)
         if port is not None:
-            start_http_server(port, addr="127.0.0.1", registry=self.registry)
+            self.serve(port)
+
+    def serve(self, port: int) -> None:
+        """Serve /metrics on 127.0.0.1:``port``; OSError if the port cannot be bound (in use)."""
+        start_http_server(port, addr="127.0.0.1", registry=self.registry)
 
     def record(self, report: TickReport) -> None:
         self.ticks.inc()

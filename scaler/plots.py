@@ -1,4 +1,4 @@
-"""PNG plots: a live run's events file, and a simulation's time series."""
+"""Plots (PNG, SVG, PDF, ...): a live run's events file, and a simulation's time series."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.backend_bases import FigureCanvasBase
 
 
 def plot_events(events: list[dict], path: str, title: str = "virtscale run") -> None:
@@ -75,3 +76,8 @@ def plot_simulation(results, path: str, title: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def plot_formats() -> list[str]:
+    """The file name extensions savefig can write (png, svg, pdf, ...), sorted."""
+    return sorted(FigureCanvasBase.get_supported_filetypes())

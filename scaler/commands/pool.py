@@ -1,0 +1,94 @@
+"""What `run` and `status` share: the pool's flags (libvirt, broker, management API) and the
+Scaler built from them, every flag checked before anything connects."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import urllib.parse
+from collections.abc import Callable
+
+from virtscale import defaults
+from virtscale.config import add_common_options, redact_url
+from virtscale.scaler.hypervisor import Hypervisor, HypervisorRefused, HypervisorUnavailable
+from virtscale.scaler.loop import Scaler, TickReport
+from virtscale.scaler.policy import Policy
+from virtscale.scaler.queue_monitor import QueueMonitor
+from virtscale.url_checks import check_port, checked_amqp_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT = "qemu:///system"
+
+
+def add_pool_options(parser: argparse.ArgumentParser) -> None:
+    add_common_options(parser)
+    group = parser.add_argument_group("pool")
+    group.add_argument(
+        "--connect",
+        action="append",
+        metavar="URI",
+        help=f"libvirt URI, repeatable: one per host (default: {DEFAULT_CONNECT})",
+    )
+    group.add_argument(
+        "--pool",
+        default="vm-*",
+        metavar="GLOB",
+        help="glob of the domain names the scaler manages; no other domain is touched (default: %(default)s)",
+    )
+    group.add_argument(
+        "--management-url",
+        metavar="URL",
+        default=os.environ.get("VIRTSCALE_MANAGEMENT_URL", defaults.MANAGEMENT_URL),
+        help="RabbitMQ management API, http:// or https://; credentials are those of --amqp-url "
+        "(env VIRTSCALE_MANAGEMENT_URL; default: %(default)s)",
+    )
+    group.add_argument("--management-ca", metavar="FILE", help="CA bundle to verify an https management URL")
+
+
+def queue_monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> QueueMonitor:
+    """The queue's reader, from --amqp-url, --queue and the --management-* flags."""
+    url = checked_amqp_url(parser, args)
+    management = urllib.parse.urlsplit(args.management_url)
+    if management.scheme not in ("http", "https") or not management.hostname:
+        parser.error(
+            f"--management-url must be http(s)://host:port, got {redact_url(args.management_url)!r} "
+            "(the flag or VIRTSCALE_MANAGEMENT_URL)"
+        )
+    check_port(parser, "--management-url", args.management_url, "VIRTSCALE_MANAGEMENT_URL")
+    if args.management_ca is not None and not os.access(args.management_ca, os.R_OK):
+        parser.error(f"--management-ca {args.management_ca}: no such file, or not readable")
+    amqp = urllib.parse.urlsplit(url)
+    auth = (urllib.parse.unquote(amqp.username or "guest"), urllib.parse.unquote(amqp.password or "guest"))
+    vhost = urllib.parse.unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
+    return QueueMonitor(args.management_url, auth, vhost, args.queue, url, verify=args.management_ca or True)
+
+
+def connect_hypervisors(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Hypervisor]:
+    """One Hypervisor per --connect URI; a URI libvirt cannot open at all is a flag error, a
+    daemon that does not answer yet is retried by the loop."""
+    hypervisors = []
+    for uri in args.connect or [DEFAULT_CONNECT]:
+        try:
+            Hypervisor.check_uri(uri)
+        except HypervisorRefused as exc:
+            parser.error(str(exc))
+        except HypervisorUnavailable as exc:
+            log.warning("%s; will keep retrying", exc)
+        hypervisors.append(Hypervisor(uri, args.pool))
+    return hypervisors
+
+
+def build_scaler(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    policy: Policy,
+    *,
+    window: float,
+    dry_run: bool = False,
+    on_tick: Callable[[TickReport], None] | None = None,
+) -> Scaler:
+    monitor = queue_monitor(parser, args)
+    hypervisors = connect_hypervisors(parser, args)
+    return Scaler(hypervisors, monitor, policy, window=window, dry_run=dry_run, on_tick=on_tick)

@@ -1,0 +1,163 @@
+"""`virtscale-scaler run`: the control loop. Every tick observes the queue and the pool, asks the
+policy, acts on libvirt (unless --dry-run) and reports: events file, Prometheus metrics, and in a
+terminal a live view."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+
+from virtscale.config import OneLineParser
+from virtscale.console import start_console
+from virtscale.scaler.commands.checks import check_writable, port_number
+from virtscale.scaler.commands.pool import add_pool_options, connect_hypervisors, queue_monitor
+from virtscale.scaler.live import LiveView
+from virtscale.scaler.loop import EventsFile, Scaler, TickReport
+from virtscale.scaler.metrics import ScalerMetrics
+from virtscale.scaler.policy import Policy
+from virtscale.scaler.policy_options import add_policy_options, policy_config
+
+DESCRIPTION = """\
+Run the control loop: every --interval seconds read the queue (RabbitMQ management API) and the
+pool's domains (libvirt), let the policy decide, start or shut down domains, and report.
+In a terminal it shows a live view; type 'terminate' or press Ctrl-C to stop (SIGTERM works too)."""
+
+EXAMPLES = """\
+examples:
+  virtscale-scaler run --dry-run --once
+  virtscale-scaler run --min 1 --max 6 --slo 30 --events var/events.jsonl --metrics-port 9108
+  virtscale-scaler run --connect qemu+ssh://host-1/system --connect qemu+ssh://host-2/system
+"""
+
+log = logging.getLogger(__name__)
+
+#: What the console says to a line it does not understand.
+CONSOLE_HINT = "type 'terminate' to stop the scaler (or press Ctrl-C)"
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="the control loop (--once for one tick, --dry-run to change nothing)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_pool_options(parser)
+    add_policy_options(parser)
+    group = parser.add_argument_group("run")
+    group.add_argument("--once", action="store_true", help="one tick, print its event as JSON, exit")
+    group.add_argument("--dry-run", action="store_true", help="decide and report, change nothing")
+    group.add_argument("--events", metavar="FILE", help="append one JSON line per tick to FILE")
+    group.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve Prometheus metrics on 127.0.0.1:PORT (1-65535)",
+    )
+    group.add_argument(
+        "--shutdown-on-exit",
+        action="store_true",
+        help="ACPI-shutdown every running pool VM when the scaler exits",
+    )
+    group.add_argument("--ticks", type=int, help=argparse.SUPPRESS)  # tests: stop after N ticks
+    parser.set_defaults(handler=functools.partial(run, parser))
+
+
+@dataclass
+class TickSinks:
+    """Where each tick's report goes: metrics, the events file, the live view."""
+
+    metrics: ScalerMetrics
+    events: EventsFile | None = None
+    view: LiveView | None = None
+
+    def __call__(self, report: TickReport) -> None:
+        self.metrics.record(report)
+        if self.events:
+            self.events.write(report)
+        if self.view:
+            self.view.show(report)
+
+
+def run(parser: OneLineParser, args: argparse.Namespace) -> int:
+    scaler, sinks = prepare(parser, args)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    interactive = sys.stdout.isatty() and sys.stdin is not None and sys.stdin.isatty()
+    try:
+        if interactive and not args.once:
+            with LiveView(dry_run=args.dry_run) as view:
+                sinks.view = view
+                start_console(stop.set, CONSOLE_HINT, say=view.note)
+                tick_until_stopped(scaler, args, stop)
+        else:
+            tick_until_stopped(scaler, args, stop)
+    finally:
+        sinks.view = None
+        finish(scaler, args, sinks)
+    return 0
+
+
+def prepare(parser: OneLineParser, args: argparse.Namespace) -> tuple[Scaler, TickSinks]:
+    """Check every flag, then open what the loop needs: nothing has started when one is bad.
+    libvirt comes last, as an unreachable daemon is only a warning."""
+    config = policy_config(parser, args)
+    monitor = queue_monitor(parser, args)
+    check_writable(parser, "--events", args.events)
+    metrics = ScalerMetrics()
+    if args.metrics_port is not None:
+        serve_metrics(parser, metrics, args.metrics_port)
+    hypervisors = connect_hypervisors(parser, args)
+    sinks = TickSinks(metrics, open_events(parser, args.events))
+    scaler = Scaler(
+        hypervisors, monitor, Policy(config), window=args.window, dry_run=args.dry_run, on_tick=sinks
+    )
+    return scaler, sinks
+
+
+def serve_metrics(parser: OneLineParser, metrics: ScalerMetrics, port: int) -> None:
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            parser.error(f"--metrics-port {port}: address already in use; choose another port")
+        parser.error(f"--metrics-port {port}: cannot serve on it: {exc.strerror or exc}")
+
+
+def open_events(parser: OneLineParser, path: str | None) -> EventsFile | None:
+    if path is None:
+        return None
+    try:
+        return EventsFile(path)
+    except OSError as exc:
+        parser.error(f"--events {path}: cannot open: {exc.strerror or exc}")
+
+
+def tick_until_stopped(scaler: Scaler, args: argparse.Namespace, stop: threading.Event) -> None:
+    ticks = 0
+    while not stop.is_set():
+        report = scaler.tick()
+        ticks += 1
+        if args.once:
+            print(json.dumps(report.event()))
+            return
+        if args.ticks and ticks >= args.ticks:
+            return
+        stop.wait(args.interval)
+
+
+def finish(scaler: Scaler, args: argparse.Namespace, sinks: TickSinks) -> None:
+    if args.shutdown_on_exit and not args.dry_run:
+        stopped = scaler.shutdown_pool()
+        log.info("shutting down the pool: %s", ", ".join(stopped) or "nothing running")
+    if sinks.events:
+        sinks.events.close()

@@ -1,0 +1,77 @@
+"""`virtscale-scaler status`: the pool and the queue, once, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import threading
+
+from virtscale import defaults
+from virtscale.config import OneLineParser
+from virtscale.scaler.commands.pool import add_pool_options, build_scaler
+from virtscale.scaler.live import fmt
+from virtscale.scaler.loop import TickReport
+from virtscale.scaler.policy import Policy, PolicyConfig
+
+DESCRIPTION = """\
+Print the pool's domains (state, CPU%, consuming) and the job queue (depth, rates, consumers)
+once, without changing anything. CPU% needs two samples, so this takes about a second."""
+
+EXAMPLES = """\
+examples:
+  virtscale-scaler status
+  virtscale-scaler status --connect qemu+ssh://host-2/system --pool 'worker-*'
+  virtscale-scaler status --json --management-url https://broker:15671
+"""
+
+#: Seconds between the two CPU samples status takes.
+SAMPLE_GAP = 1.0
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "status",
+        help="the pool and the queue, once",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_pool_options(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(handler=functools.partial(show_status, parser))
+
+
+def show_status(parser: OneLineParser, args: argparse.Namespace) -> int:
+    # A single tick with a policy that is never asked to act: observe and print.
+    scaler = build_scaler(
+        parser,
+        args,
+        Policy(PolicyConfig(min_vms=0, max_vms=1 << 16)),
+        window=defaults.CPU_WINDOW,
+        dry_run=True,
+    )
+    scaler.observe_domains()  # a first CPU sample, so the second can give a figure
+    threading.Event().wait(SAMPLE_GAP)
+    report = scaler.tick()
+    print(json.dumps(report.event(), indent=2) if args.json else status_table(report))
+    return 0
+
+
+def status_table(report: TickReport) -> str:
+    """The tick as plain text: the queue, one line per domain, and problems."""
+    reading = report.reading
+    lines = [
+        f"queue: depth {fmt(reading.depth)} (ready {fmt(reading.ready)}, unacked {fmt(reading.unacked)}), "
+        f"in {fmt(reading.publish_rate, '.1f')}/s, acked {fmt(reading.ack_rate, '.1f')}/s, "
+        f"consumers {fmt(reading.consumers)}" + ("  [degraded]" if report.degraded else ""),
+        f"{'domain':<16} {'state':<14} {'cpu%':>6} consuming",
+    ]
+    for sample in sorted(report.samples, key=lambda s: s.name):
+        cpu = report.cpu.get(sample.name)
+        lines.append(
+            f"{sample.name:<16} {sample.state:<14} {fmt(cpu, '.1f'):>6} "
+            f"{'yes' if sample.name in reading.consuming else 'no'}"
+        )
+    lines += [f"problem: {problem}" for problem in report.problems + report.failed_actions]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""The policy's flags, shared by `virtscale-scaler run` and `virtscale-scaler simulate`, so a
+policy tried in the simulator is the one the live scaler runs with the same flags."""
+
+from __future__ import annotations
+
+import argparse
+
+from virtscale import defaults
+from virtscale.config import non_negative_float, non_negative_int, positive_float, positive_int
+from virtscale.scaler.policy import PolicyConfig
+
+
+def percent(text: str) -> float:
+    value = non_negative_float(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage 0-100, got {text!r}")
+    return value
+
+
+def add_policy_options(parser: argparse.ArgumentParser) -> None:
+    """The policy's flags, in a group of their own; defaults are PolicyConfig's."""
+    group = parser.add_argument_group("policy")
+    _add_size_options(group, PolicyConfig())
+    _add_signal_options(group, PolicyConfig())
+    _add_timing_options(group, PolicyConfig())
+
+
+def _add_size_options(group, config: PolicyConfig) -> None:
+    group.add_argument(
+        "--min",
+        dest="min_vms",
+        type=non_negative_int,
+        default=config.min_vms,
+        metavar="N",
+        help="fewest VMs; 0 allows scale to zero (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max",
+        dest="max_vms",
+        type=positive_int,
+        default=config.max_vms,
+        metavar="N",
+        help="most VMs (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-start-per-tick",
+        type=positive_int,
+        default=config.max_start_per_tick,
+        metavar="N",
+        help="VMs started per tick at most: the larger of this and +100%% (default: %(default)s)",
+    )
+
+
+def _add_signal_options(group, config: PolicyConfig) -> None:
+    group.add_argument(
+        "--slo",
+        type=positive_float,
+        default=config.slo,
+        metavar="SECONDS",
+        help="seconds a job may wait; the backlog signal plans for it (default: %(default)s)",
+    )
+    group.add_argument(
+        "--target-backlog",
+        type=positive_float,
+        default=config.target_backlog,
+        metavar="JOBS",
+        help="waiting jobs per VM before another is wanted, until a VM's throughput is measured "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--cpu-high",
+        type=percent,
+        default=config.cpu_high,
+        metavar="PERCENT",
+        help="mean CPU%% above which a VM is added (default: %(default)s)",
+    )
+    group.add_argument(
+        "--cpu-low",
+        type=percent,
+        default=config.cpu_low,
+        metavar="PERCENT",
+        help="mean CPU%% below which a VM is removed (default: %(default)s)",
+    )
+
+
+def _add_timing_options(group, config: PolicyConfig) -> None:
+    """Cooldowns and timeouts, and the tick and CPU window the signals are read over."""
+    for flag, kind, default, text in (
+        ("--scale-up-cooldown", non_negative_float, config.scale_up_cooldown, "between scale-ups"),
+        (
+            "--scale-down-stabilization",
+            non_negative_float,
+            config.scale_down_stabilization,
+            "a lower recommendation must hold before VMs go",
+        ),
+        (
+            "--boot-timeout",
+            positive_float,
+            config.boot_timeout,
+            "a started VM has to consume before it is failed",
+        ),
+        ("--drain-timeout", positive_float, config.drain_timeout, "after ACPI shutdown before destroy"),
+        (
+            "--idle-to-zero",
+            non_negative_float,
+            config.idle_to_zero,
+            "of idle queue before the last VM goes (with --min 0)",
+        ),
+        ("--interval", positive_float, defaults.SCALER_INTERVAL, "between ticks"),
+        ("--window", positive_float, defaults.CPU_WINDOW, "of CPU history averaged"),
+    ):
+        group.add_argument(
+            flag,
+            type=kind,
+            default=default,
+            metavar="SECONDS",
+            help=f"seconds {text} (default: %(default)s)",
+        )
+
+
+def policy_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> PolicyConfig:
+    """The PolicyConfig the flags describe; a combination that cannot work is a flag error."""
+    config = PolicyConfig(
+        min_vms=args.min_vms,
+        max_vms=args.max_vms,
+        target_backlog=args.target_backlog,
+        cpu_high=args.cpu_high,
+        cpu_low=args.cpu_low,
+        slo=args.slo,
+        scale_up_cooldown=args.scale_up_cooldown,
+        scale_down_stabilization=args.scale_down_stabilization,
+        boot_timeout=args.boot_timeout,
+        drain_timeout=args.drain_timeout,
+        idle_to_zero=args.idle_to_zero,
+        max_start_per_tick=args.max_start_per_tick,
+    )
+    problems = config.problems()
+    if problems:
+        parser.error(problems[0])
+    return config
