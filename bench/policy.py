@@ -7,6 +7,7 @@ the SLO uses fewer VM-seconds; its VM-seconds are within 15% of the oracle's.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from virtscale.load import profile_rate
@@ -67,8 +68,6 @@ def run(max_vms: int = 10) -> bool:
     print(f"goal {'met' if all_good else 'NOT met'}; plots in {OUT}/policy-*.png")
     day = time.perf_counter()
     spec = STANDARD_PROFILES["sine"]
-    from dataclasses import replace
-
     day_spec = replace(spec, length=86400.0)
     counts = arrivals_per_second(profile_rate(day_spec), day_spec.length, 1)
     result = simulate(

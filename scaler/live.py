@@ -169,7 +169,7 @@ class Clamped:
             last.truncate(width - 1)
             last.append("…")
         for line in wrapped:
-            yield line
+            yield from line.render(console)
             yield Segment.line()
 
 
