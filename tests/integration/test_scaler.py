@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
-from virtscale.scaler.hypervisor import Hypervisor
-from virtscale.scaler.loop import Scaler
-from virtscale.scaler.policy import Policy, PolicyConfig
-from virtscale.scaler.queue_monitor import QueueMonitor
+import requests
 
 from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, run_module, wait_until
+from virtscale.scaler.hypervisor import Hypervisor
+from virtscale.scaler.loop import Scaler
+from virtscale.scaler.metrics import ScalerMetrics
+from virtscale.scaler.policy import Policy, PolicyConfig
+from virtscale.scaler.queue_monitor import QueueMonitor
 
 pytestmark = pytest.mark.broker
 
@@ -233,11 +236,6 @@ def test_bad_scaler_flags_exit_2_with_one_line(argv, message):
 
 
 def test_prometheus_metrics_report_the_tick(broker_url, names, management):
-    import socket
-
-    import requests
-    from virtscale.scaler.metrics import ScalerMetrics
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
