@@ -22,13 +22,13 @@ from virtscale.config import (
     positive_float,
     positive_int,
     queue_names,
+    resolve_amqp_url,
 )
 from virtscale.console import start_console
 from virtscale.load import ProfileSpec, profile_rate
 from virtscale.load_options import add_load_options, profile_spec, read_trace
 from virtscale.producer.licenses import LicenseGenerator
 from virtscale.producer.publisher import Producer
-from virtscale.url_checks import checked_amqp_url
 
 log = logging.getLogger("producer")
 
@@ -149,7 +149,7 @@ def delta_setter(producer: Producer):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    url = checked_amqp_url(parser, args)
+    url = resolve_amqp_url(parser, args)
     rate, duration = pacing_from(parser, args)
     configure_logging(args.log_level, args.log_format)
     producer = Producer(

@@ -152,6 +152,7 @@ def resolve_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     """The broker URL with its password from the file or environment, checked for shape."""
     url = args.amqp_url
     parts = urllib.parse.urlsplit(url)
+    check_port(parser, "--amqp-url", url, "VIRTSCALE_AMQP_URL")
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         parser.error(
             f"--amqp-url must look like amqp://user:password@host:5672/vhost, got {redact_url(url)!r}"
@@ -170,6 +171,18 @@ def resolve_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     port = f":{parts.port}" if parts.port else ""
     netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}{port}"
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def check_port(parser: argparse.ArgumentParser, flag: str, url: str, variable: str | None = None) -> None:
+    """An explicit port in ``url`` must be 1-65535, checked at start-up (a bad one would fail only
+    at the first connection); ``variable`` names the environment variable the flag may come from."""
+    try:
+        port = urllib.parse.urlsplit(url).port
+    except ValueError:
+        port = 0
+    if port == 0:
+        source = f" (the flag or {variable})" if variable else ""
+        parser.error(f"{flag}: the port must be 1-65535, got {redact_url(url)!r}{source}")
 
 
 def redact_url(url: str) -> str:

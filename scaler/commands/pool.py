@@ -10,12 +10,11 @@ import urllib.parse
 from collections.abc import Callable
 
 from virtscale import defaults
-from virtscale.config import add_common_options, redact_url
+from virtscale.config import add_common_options, check_port, redact_url, resolve_amqp_url
 from virtscale.scaler.hypervisor import Hypervisor, HypervisorRefused, HypervisorUnavailable
 from virtscale.scaler.loop import Scaler, TickReport
 from virtscale.scaler.policy import Policy
 from virtscale.scaler.queue_monitor import QueueMonitor
-from virtscale.url_checks import check_port, checked_amqp_url
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
 
 def queue_monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> QueueMonitor:
     """The queue's reader, from --amqp-url, --queue and the --management-* flags."""
-    url = checked_amqp_url(parser, args)
+    url = resolve_amqp_url(parser, args)
     management = urllib.parse.urlsplit(args.management_url)
     if management.scheme not in ("http", "https") or not management.hostname:
         parser.error(
