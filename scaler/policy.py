@@ -193,6 +193,7 @@ class Policy:
         signals = {
             "ready": len(ready),
             "booting": len(booting),
+            "booting_vms": sorted(booting, key=natural_key),
             "recommendations": recommendations,
             "per_vm_rate": None if self.per_vm_rate is None else round(self.per_vm_rate, 3),
         }

@@ -60,6 +60,7 @@ def test_booting_vms_count_as_capacity():
         observe(15, pool(ready=["vm-1"], booting=["vm-2", "vm-3"], off=["vm-4"]), depth=150)
     )
     assert actions(later) == []
+    assert later.signals["booting_vms"] == ["vm-2", "vm-3"], "the view shows these as booting"
 
 
 def test_start_is_capped_at_four_or_double():
