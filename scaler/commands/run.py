@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import ipaddress
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -34,9 +36,18 @@ examples:
   virtscale-scaler run --dry-run --once
   virtscale-scaler run --min 1 --max 6 --slo 30 --events var/events.jsonl --metrics-port 9108
   virtscale-scaler run --connect qemu+ssh://host-1/system --connect qemu+ssh://host-2/system
+  virtscale-scaler run --metrics-port 9108 --metrics-address 10.0.0.2   # scraped from another host
 """
 
 log = logging.getLogger(__name__)
+
+#: Where the metrics are served unless --metrics-address says otherwise: this machine only.
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
+
+#: One DNS label: letters, digits and inner hyphens, 63 characters at most.
+LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: A DNS name: labels separated by dots, 253 characters at most.
+HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){LABEL}(?:\.{LABEL})*")
 
 #: What the console says to a line it does not understand.
 CONSOLE_HINT = "type 'terminate' to stop the scaler (or press Ctrl-C)"
@@ -60,7 +71,14 @@ def add_parser(commands) -> None:
         "--metrics-port",
         type=port_number,
         metavar="PORT",
-        help="serve Prometheus metrics on 127.0.0.1:PORT (1-65535)",
+        help="serve Prometheus metrics on --metrics-address:PORT (1-65535)",
+    )
+    group.add_argument(
+        "--metrics-address",
+        type=listen_address,
+        metavar="ADDRESS",
+        help="IP address or host name to serve the metrics on, with --metrics-port "
+        f"(default: {DEFAULT_METRICS_ADDRESS}, this machine only)",
     )
     group.add_argument(
         "--shutdown-on-exit",
@@ -98,9 +116,9 @@ def run(parser: OneLineParser, args: argparse.Namespace) -> int:
             with LiveView(dry_run=args.dry_run) as view:
                 sinks.view = view
                 start_console(stop.set, CONSOLE_HINT, say=view.note)
-                tick_until_stopped(scaler, args, stop)
+                tick_until_stopped(scaler, args, stop, sinks.metrics)
         else:
-            tick_until_stopped(scaler, args, stop)
+            tick_until_stopped(scaler, args, stop, sinks.metrics)
     finally:
         sinks.view = None
         finish(scaler, args, sinks)
@@ -113,9 +131,11 @@ def prepare(parser: OneLineParser, args: argparse.Namespace) -> tuple[Scaler, Ti
     config = policy_config(parser, args)
     monitor = queue_monitor(parser, args)
     check_writable(parser, "--events", args.events)
-    metrics = ScalerMetrics()
+    if args.metrics_address is not None and args.metrics_port is None:
+        parser.error("--metrics-address needs --metrics-port")
+    metrics = ScalerMetrics(queue=args.queue, pool=args.pool, dry_run=args.dry_run, slo=config.slo)
     if args.metrics_port is not None:
-        serve_metrics(parser, metrics, args.metrics_port)
+        serve_metrics(parser, metrics, args.metrics_address or DEFAULT_METRICS_ADDRESS, args.metrics_port)
     hypervisors = connect_hypervisors(parser, args)
     sinks = TickSinks(metrics, open_events(parser, args.events))
     scaler = Scaler(
@@ -124,13 +144,24 @@ def prepare(parser: OneLineParser, args: argparse.Namespace) -> tuple[Scaler, Ti
     return scaler, sinks
 
 
-def serve_metrics(parser: OneLineParser, metrics: ScalerMetrics, port: int) -> None:
+def listen_address(text: str) -> str:
+    """--metrics-address: an IPv4 or IPv6 address, or a host name that resolves to one here."""
     try:
-        metrics.serve(port)
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        if HOST_NAME.fullmatch(text) and not text.replace(".", "").isdigit():
+            return text
+    raise argparse.ArgumentTypeError(f"must be an IP address or a host name, got {text!r}")
+
+
+def serve_metrics(parser: OneLineParser, metrics: ScalerMetrics, address: str, port: int) -> None:
+    try:
+        metrics.serve(port, address)
     except OSError as exc:
+        where = f"--metrics-port {port} on {address}"
         if exc.errno == errno.EADDRINUSE:
-            parser.error(f"--metrics-port {port}: address already in use; choose another port")
-        parser.error(f"--metrics-port {port}: cannot serve on it: {exc.strerror or exc}")
+            parser.error(f"{where}: address already in use; choose another port")
+        parser.error(f"{where}: cannot serve on it: {exc.strerror or exc}")
 
 
 def open_events(parser: OneLineParser, path: str | None) -> EventsFile | None:
@@ -142,10 +173,13 @@ def open_events(parser: OneLineParser, path: str | None) -> EventsFile | None:
         parser.error(f"--events {path}: cannot open: {exc.strerror or exc}")
 
 
-def tick_until_stopped(scaler: Scaler, args: argparse.Namespace, stop: threading.Event) -> None:
+def tick_until_stopped(
+    scaler: Scaler, args: argparse.Namespace, stop: threading.Event, metrics: ScalerMetrics
+) -> None:
     ticks = 0
     while not stop.is_set():
-        report = scaler.tick()
+        with metrics.timing_tick():
+            report = scaler.tick()
         ticks += 1
         if args.once:
             print(json.dumps(report.event()))

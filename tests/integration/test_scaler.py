@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, run_module, wait_until
 from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
-from virtscale.scaler.metrics import ScalerMetrics
 from virtscale.scaler.policy import Policy, PolicyConfig
 from virtscale.scaler.queue_monitor import QueueMonitor
 
@@ -233,23 +230,6 @@ def test_bad_scaler_flags_exit_2_with_one_line(argv, message):
     assert run.returncode == 2
     lines = [line for line in run.stderr.splitlines() if "I/O warning" not in line]
     assert len(lines) == 1 and message in lines[0], run.stderr
-
-
-def test_prometheus_metrics_report_the_tick(broker_url, names, management):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    metrics = ScalerMetrics(port)
-    clock = FakeClock()
-    scaler = make_scaler(broker_url, names, clock, management)
-    publish_raw(broker_url, names.jobs, jobs(120))
-    wait_for_depth(scaler, 120)
-    metrics.record(scaler.tick())
-    body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    assert "virtscale_queue_depth 120.0" in body
-    assert 'virtscale_vms{state="shutoff"} 4.0' in body, "observed before the starts"
-    assert 'virtscale_scale_actions_total{action="start"} 3.0' in body
-    assert "virtscale_desired_vms 3.0" in body
 
 
 def test_status_prints_the_pool_and_the_queue_once(broker_url, names, management):
