@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 NODE = ROOT / "tests" / "data" / "pool-node.xml"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "virtscale.json"
 
 
 class FakeClock:
@@ -216,3 +218,23 @@ def test_the_run_command_serves_on_the_metrics_address_with_its_flags_as_labels(
     assert value(found, "virtscale_slo_seconds", **scale) == 40
     assert value(found, "virtscale_tick_duration_seconds_count", **scale) >= 1
     assert value(found, "virtscale_last_tick_timestamp_seconds", **scale) > 0
+
+
+def test_every_dashboard_query_is_valid_promql(promtool, tmp_path):
+    """Each query of deploy/grafana/virtscale.json, its Grafana variables filled in as Grafana
+    would, checked by promtool as the expression of a recording rule."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    filled = {"${queue:regex}": "licenses", "${pool:regex}": "vm-\\\\*", "$__rate_interval": "1m"}
+    rules = []
+    for number, query in enumerate(queries):
+        for variable, value_ in filled.items():
+            query = query.replace(variable, value_)
+        rules.append({"record": f"dashboard:query_{number}", "expr": query})
+    rule_file = tmp_path / "dashboard-rules.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    check = subprocess.run(
+        [promtool, "check", "rules", str(rule_file)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in check.stdout

@@ -4,7 +4,12 @@ no action; and `run --metrics-address` is checked like every flag."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
+import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -223,3 +228,55 @@ def test_a_bad_metrics_address_is_exit_2_with_one_line(argv, message):
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], run.stderr
+
+
+# -- what the dashboard and the alert rules query ---------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+DASHBOARD = ROOT / "deploy" / "grafana" / "virtscale.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+#: A metric name in a PromQL expression: ours, and the process's.
+METRIC_NAME = re.compile(r"\b(?:virtscale|process)_[a-z0-9_]+\b")
+
+
+def dashboard_queries(dashboard: dict) -> list[str]:
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    variables = dashboard["templating"]["list"]
+    return queries + [v["query"]["query"] for v in variables if v["type"] == "query"]
+
+
+def exported_names() -> set[str]:
+    """Every sample name a ScalerMetrics exposes after a tick that had every reading."""
+    metrics = ScalerMetrics(queue="jobs", pool="vm-*", slo=60)
+    metrics.record(report())
+    with metrics.timing_tick():
+        pass
+    return names(exposition(metrics))
+
+
+def test_the_dashboard_queries_only_metrics_the_scaler_exports():
+    dashboard = json.loads(DASHBOARD.read_text())
+    queried = {name for query in dashboard_queries(dashboard) for name in METRIC_NAME.findall(query)}
+    assert queried, "the dashboard queries something"
+    assert queried <= exported_names(), queried - exported_names()
+
+
+def test_the_dashboard_imports_with_a_datasource_variable():
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    for panel in dashboard["panels"]:
+        for part in (panel, *panel["targets"]):
+            assert part["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, panel["title"]
+        for target in panel["targets"]:
+            assert 'queue=~"${queue:regex}", pool=~"${pool:regex}"' in target["expr"], panel["title"]
+
+
+def test_the_alert_rules_query_only_metrics_the_scaler_exports():
+    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    queried = {name for rule in rules for name in METRIC_NAME.findall(rule["expr"])}
+    assert {"virtscale_degraded", "virtscale_slo_seconds"} <= queried
+    assert queried <= exported_names(), queried - exported_names()
