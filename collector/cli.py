@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
+import socket
 import sys
 
-from virtscale.collector.consumer import Collector
-from virtscale.collector.store import Store, StoreError
-
 from virtscale import defaults
-from virtscale.broker import BrokerRefused, BrokerUnavailable, queue_counts
+from virtscale.broker import BrokerRefused, BrokerUnavailable, check_url, queue_counts
+from virtscale.collector.consumer import Collector
+from virtscale.collector.store import Store, StoreError, StoreFailed, StoreMissing
 from virtscale.config import (
     OneLineParser,
     add_common_options,
@@ -20,32 +21,75 @@ from virtscale.config import (
     queue_names,
     resolve_amqp_url,
 )
+from virtscale.naming import connection_name
+
+#: AMQP's prefetch count is a 16-bit number and the collector asks for two batches.
+MAX_BATCH = 65535 // 2
+
+EXAMPLES = """\
+examples:
+  virtscale-collector run --store sqlite:////var/lib/virtscale/hashes.db
+  virtscale-collector run --queue licenses --batch 1000 --flush-interval 0.5
+  virtscale-collector stats --store sqlite:////var/lib/virtscale/hashes.db
+"""
+
+
+def batch_size(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_BATCH}, got {text!r}")
+    return value
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="virtscale-collector", description=__doc__)
+    parser = OneLineParser(
+        prog="virtscale-collector",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "command",
         nargs="?",
         choices=["run", "stats"],
         default="run",
-        help="run (default): consume and store; stats: print store figures as JSON",
+        help="run (default): consume results and store them, creating the store if needed; "
+        "stats: print figures of an existing store as JSON",
     )
     add_common_options(parser)
-    parser.add_argument("--store", default=defaults.STORE_URL, help="SQLite URL (default: %(default)s)")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=defaults.STORE_URL,
+        help="SQLite file: sqlite:///relative/path.db or sqlite:////absolute/path.db (default: %(default)s)",
+    )
     parser.add_argument(
         "--batch",
-        type=positive_int,
+        type=batch_size,
+        metavar="N",
         default=defaults.COLLECTOR_BATCH,
-        help="rows per transaction at most (default: %(default)s)",
+        help=f"results per transaction at most, 1-{MAX_BATCH} (default: %(default)s)",
     )
     parser.add_argument(
         "--flush-interval",
         type=positive_float,
+        metavar="SECONDS",
         default=defaults.COLLECTOR_FLUSH_INTERVAL,
-        help="seconds before a partial batch is committed (default: %(default)s)",
+        help="seconds a partial batch waits before it is committed anyway (default: %(default)s)",
     )
     return parser
+
+
+def print_stats(store: Store, url: str, args: argparse.Namespace) -> int:
+    names = queue_names(args)
+    stats = store.stats()
+    name = connection_name("collector", socket.gethostname(), names.jobs)
+    try:
+        stats["dead_lettered"] = queue_counts(url, names.dead, name)[0]
+    except (BrokerUnavailable, BrokerRefused):
+        stats["dead_lettered"] = None  # broker unreachable: unknown, not zero
+    print(json.dumps(stats, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,25 +97,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     url = resolve_amqp_url(parser, args)
     try:
-        store = Store(args.store)
+        check_url(url)
+    except BrokerRefused as exc:
+        parser.error(str(exc))
+    try:
+        store = Store(args.store, create=args.command == "run")
+    except StoreMissing as exc:
+        print(f"virtscale-collector: {exc}", file=sys.stderr)
+        return 1
     except StoreError as exc:
         parser.error(str(exc))
     configure_logging(args.log_level, args.log_format)
-    names = queue_names(args)
     if args.command == "stats":
-        stats = store.stats()
         try:
-            stats["dead_lettered"] = queue_counts(url, names.dead)[0]
-        except (BrokerUnavailable, BrokerRefused):
-            stats["dead_lettered"] = None  # broker unreachable: unknown, not zero
-        print(json.dumps(stats, indent=2))
-        return 0
-    collector = Collector(url, names, store, batch_size=args.batch, flush_interval=args.flush_interval)
+            return print_stats(store, url, args)
+        finally:
+            store.close()
+    collector = Collector(
+        url, queue_names(args), store, batch_size=args.batch, flush_interval=args.flush_interval
+    )
     signal.signal(signal.SIGTERM, lambda *_: collector.request_stop())
     signal.signal(signal.SIGINT, lambda *_: collector.request_stop())
     try:
         collector.run()
-    except BrokerRefused as exc:
+    except (BrokerRefused, StoreFailed) as exc:
         print(f"virtscale-collector: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -1,18 +1,30 @@
-"""The collector: consume results, store them in batches, ack only after the commit."""
+"""The collector: consume results, store them in batches, ack only after the commit.
+
+pika's I/O loop thread does all AMQP work and no SQLite: it hands each batch to one
+writer thread, which alone uses the store and may wait on a locked database for as long
+as SQLite's busy timeout without stalling the heartbeats. The writer hands back, through
+the loop, the deliveries to ack once their batch is committed. A batch committed after
+its session was lost is not acked on the next one: the broker redelivers it and the
+store ignores the copies (same id).
+"""
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pika
-from virtscale.collector.store import Store
 
 from virtscale import defaults
 from virtscale.broker import Session, keep_running
+from virtscale.collector.store import Store, StoreFailed
 from virtscale.messages import InvalidMessage, Result, parse_result
-from virtscale.naming import QueueNames
+from virtscale.naming import QueueNames, collector_consumer_tag, connection_name
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +38,37 @@ class Collector:
         *,
         batch_size: int = defaults.COLLECTOR_BATCH,
         flush_interval: float = defaults.COLLECTOR_FLUSH_INTERVAL,
+        host: str | None = None,
     ):
         self.url = url
         self.names = names
         self.store = store
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.host = host or socket.gethostname()
         self.stop_requested = threading.Event()
+        # Written by the writer thread only; read once it has finished.
         self.stored = 0
         self.duplicates = 0
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._failure: StoreFailed | None = None
         self._session: Session | None = None
         self._batch: list[tuple[int, Result]] = []
         self._flush_timer: object | None = None
+        self._unsettled = 0  # batches and dead letters of this session not yet acked or requeued
+
+    # -- outline -----------------------------------------------------------------------
 
     def run(self) -> None:
-        keep_running(self._run_session, self.stop_requested, "collector")
+        """Collect until asked to stop. Raises BrokerRefused on a configuration error and
+        StoreFailed when a batch cannot be written (nothing of it acked)."""
+        try:
+            keep_running(self._run_session, self.stop_requested, "collector")
+        finally:
+            self._writer.shutdown(wait=True, cancel_futures=True)
         log.info("collector stopped: %d stored, %d duplicates ignored", self.stored, self.duplicates)
+        if self._failure is not None:
+            raise self._failure
 
     def request_stop(self) -> None:
         """Store and ack what has arrived, then exit (signal-safe)."""
@@ -50,41 +77,55 @@ class Collector:
         if session is not None:
             session.threadsafe(self._finish)
 
+    # -- session -----------------------------------------------------------------------
+
     def _run_session(self) -> None:
         # A batch from a lost session is unacked: the broker redelivers it, so drop it here.
         self._batch = []
         self._flush_timer = None
+        self._unsettled = 0
         self._session = Session(
             self.url,
-            lambda session: session.consume(self.names.results, self._on_result),
+            self._start_consuming,
             queues=(self.names.results, self.names.dead),
             prefetch=self.batch_size * 2,
+            connection_name=connection_name("collector", self.host, self.names.jobs),
         )
         self._session.run()
 
+    def _start_consuming(self, session: Session) -> None:
+        if self.stop_requested.is_set():
+            session.stop()
+            return
+        tag = collector_consumer_tag(self.host, uuid.uuid4().hex[:8])
+        session.consume(self.names.results, self._on_result, consumer_tag=tag)
+
     def _finish(self) -> None:
-        if self._session is not None and self._session.usable:
-            self._flush()
+        """No new deliveries; commit what has arrived; stop once all of it is acked."""
+        self._session.cancel(self._flush_and_stop)
+
+    def _flush_and_stop(self) -> None:
+        self._flush()
+        self._stop_when_idle()
+
+    def _stop_when_idle(self) -> None:
+        if self.stop_requested.is_set() and self._unsettled == 0:
             self._session.stop()
+
+    # -- per result --------------------------------------------------------------------
 
     def _on_result(self, delivery_tag: int, properties: pika.BasicProperties, body: bytes) -> None:
         session = self._session
         try:
             result = parse_result(body)
         except InvalidMessage as exc:
-            reason = str(exc)
-            log.warning("dead-lettering result %s: %s", properties.message_id or f"#{delivery_tag}", reason)
-
-            def confirmed(ok: bool) -> None:
-                if session is self._session and session.usable:
-                    session.ack(delivery_tag) if ok else session.nack(delivery_tag)
-
-            session.publish(
+            self._unsettled += 1
+            session.dead_letter(
                 self.names.dead,
                 body,
-                confirmed,
-                message_id=properties.message_id,
-                headers={defaults.REASON_HEADER: reason},
+                str(exc),
+                properties.message_id,
+                lambda ok: self._settle(session, [delivery_tag], ok),
             )
             return
         self._batch.append((delivery_tag, result))
@@ -94,6 +135,7 @@ class Collector:
             self._flush_timer = session.call_later(self.flush_interval, self._flush)
 
     def _flush(self) -> None:
+        """Hand the batch to the writer thread; its deliveries are acked after the commit."""
         session = self._session
         if self._flush_timer is not None:
             session.remove_timeout(self._flush_timer)
@@ -101,11 +143,45 @@ class Collector:
         if not self._batch or not session.usable:
             return
         batch, self._batch = self._batch, []
-        stored, duplicates = self.store.insert((result for _tag, result in batch), time.time())
+        self._unsettled += 1
+        future = self._writer.submit(self._commit, [result for _tag, result in batch])
+        tags = [tag for tag, _result in batch]
+        future.add_done_callback(
+            lambda done: session.threadsafe(lambda: self._after_commit(session, tags, done))
+        )
+
+    def _commit(self, results: list[Result]) -> None:
+        """On the writer thread: one transaction for the batch."""
+        stored, duplicates = self.store.insert(results, time.time())
         self.stored += stored
         self.duplicates += duplicates
-        # Each delivery is acked on its own: a multiple ack could also cover a dead-lettered
-        # result whose copy the broker has not confirmed yet.
-        for delivery_tag, _result in batch:
-            session.ack(delivery_tag)
         log.debug("stored %d, ignored %d duplicate(s)", stored, duplicates)
+
+    def _after_commit(self, session: Session, tags: Sequence[int], done: Future) -> None:
+        failure = done.exception()
+        if failure is not None:
+            # Nothing of the batch was stored or acked; stop rather than spin on a broken store.
+            log.error("%s; stopping, the results stay in %s", failure, self.names.results)
+            self._failure = failure
+            self.stop_requested.set()
+            session.stop()
+            return
+        self._settle(session, tags, ok=True)
+
+    def _settle(self, session: Session, tags: Sequence[int], ok: bool) -> None:
+        """The one end of every delivery: ack once it is stored or dead-lettered, else requeue.
+        Each is acked on its own: a multiple ack could also cover a dead-lettered result whose
+        copy the broker has not confirmed yet."""
+        if not self._still_current(session):
+            return
+        self._unsettled -= 1
+        for tag in tags:
+            if ok:
+                session.ack(tag)
+            else:
+                session.nack(tag, requeue=True)
+        self._stop_when_idle()
+
+    def _still_current(self, session: Session) -> bool:
+        """False once the session a delivery came on is gone: the broker redelivers its results."""
+        return session is self._session and session.usable

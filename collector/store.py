@@ -31,8 +31,21 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+#: Seconds a write waits for another connection's lock before it fails (SQLite's busy timeout).
+BUSY_TIMEOUT = 30.0
+
+
 class StoreError(ValueError):
     """The --store URL cannot be used; the message says what to change."""
+
+
+class StoreMissing(StoreError):
+    """The store file does not exist (yet): `virtscale-collector run` creates it."""
+
+
+class StoreFailed(Exception):
+    """A write to the store failed (locked longer than the busy timeout, disk full, file gone).
+    Nothing of that batch was acked, so the broker keeps it: fix the store and start again."""
 
 
 def sqlite_path(url: str) -> str:
@@ -47,48 +60,78 @@ def sqlite_path(url: str) -> str:
 
 
 class Store:
-    def __init__(self, url: str):
+    """One SQLite connection. Made on one thread, it may then be used from another (the
+    collector's writer thread), but only ever by one thread at a time.
+
+    ``create=False`` opens an existing store only (for reading it): StoreMissing if there
+    is no such file, StoreError if the file is not a virtscale store.
+    """
+
+    def __init__(self, url: str, *, create: bool = True):
         path = sqlite_path(url)
-        directory = os.path.dirname(path)
+        if os.path.isdir(path):
+            raise StoreError(f"--store {url!r} is a directory; name a file in it, e.g. {url}/hashes.db")
+        if not create and not os.path.exists(path):
+            raise StoreMissing(f"--store {url!r}: no such file (`virtscale-collector run` creates it)")
         try:
-            if directory:
+            directory = os.path.dirname(path)
+            if create and directory:
                 os.makedirs(directory, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
+            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False)
+        except FileExistsError as exc:
+            raise StoreError(f"--store {url!r} cannot be opened: {exc.filename} is not a directory") from None
+        except OSError as exc:
+            raise StoreError(f"--store {url!r} cannot be opened: {exc.strerror}: {exc.filename}") from None
+        except sqlite3.Error as exc:
             raise StoreError(f"--store {url!r} cannot be opened: {exc}") from None
+        try:
+            if create:
+                self._set_up()
+            else:
+                self._check()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            reason = "it is not a SQLite database" if "not a database" in str(exc) else exc
+            raise StoreError(f"--store {url!r} cannot be used: {reason}") from None
+
+    def _set_up(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._db.commit()
 
+    def _check(self) -> None:
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = {"hashes", "counters"} - tables
+        if missing:
+            raise sqlite3.DatabaseError(f"no {', '.join(sorted(missing))} table: not a virtscale store")
+
     def close(self) -> None:
         self._db.close()
 
     def insert(self, results: Iterable[Result], stored_at: float) -> tuple[int, int]:
-        """Insert a batch in one transaction; (stored, duplicates ignored)."""
+        """Insert a batch in one transaction; (stored, duplicates ignored). StoreFailed if the
+        transaction could not be committed (then nothing of the batch is stored)."""
         rows = [(r.id, r.hash, r.worker, r.produced_at, r.hashed_at, r.hash_ms, stored_at) for r in results]
-        with self._db:
-            before = self._db.total_changes
-            self._db.executemany(
-                "INSERT OR IGNORE INTO hashes (id, hash, worker, produced_at, hashed_at, hash_ms,"
-                " stored_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            stored = self._db.total_changes - before
-            duplicates = len(rows) - stored
-            if duplicates:
-                self._db.execute(
-                    "INSERT INTO counters (name, value) VALUES ('duplicates', ?)"
-                    " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    (duplicates,),
+        try:
+            with self._db:
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO hashes (id, hash, worker, produced_at, hashed_at, hash_ms,"
+                    " stored_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
                 )
+                stored = self._db.total_changes - before
+                duplicates = len(rows) - stored
+                if duplicates:
+                    self._db.execute(
+                        "INSERT INTO counters (name, value) VALUES ('duplicates', ?)"
+                        " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                        (duplicates,),
+                    )
+        except sqlite3.Error as exc:
+            raise StoreFailed(f"store: writing {len(rows)} result(s) failed: {exc}") from exc
         return stored, duplicates
-
-    def ids(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT id FROM hashes")}
-
-    def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM hashes").fetchone()[0]
 
     def stats(self) -> dict:
         """Stored, duplicates ignored, latency percentiles (produced -> hashed) and per worker."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from virtscale import defaults
 from virtscale.broker import Session, keep_running
 from virtscale.load import Rate
 from virtscale.messages import Job, new_job
-from virtscale.naming import QueueNames
+from virtscale.naming import QueueNames, connection_name
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ class Producer:
 
     def run(self) -> ProducerReport:
         keep_running(self._run_session, self.stop_requested, "producer")
-        self.report.unconfirmed = len(self._unconfirmed)
+        # A publish the session took down with it is back in _to_publish: unconfirmed all the same.
+        self.report.unconfirmed = len(self._unconfirmed) + len(self._to_publish)
         log.info("producer stopped: %s", self.report.line())
         return self.report
 
@@ -103,7 +105,12 @@ class Producer:
     # -- session -----------------------------------------------------------------------
 
     def _run_session(self) -> None:
-        self._session = Session(self.url, self._on_ready, queues=(self.names.jobs,))
+        self._session = Session(
+            self.url,
+            self._on_ready,
+            queues=(self.names.jobs,),
+            connection_name=connection_name("producer", socket.gethostname(), self.names.jobs),
+        )
         self._session.run()
 
     def _on_ready(self, session: Session) -> None:
@@ -115,7 +122,7 @@ class Producer:
 
     def _tick(self) -> None:
         session = self._session
-        if session is None or not session.usable:
+        if not session.usable:
             return
         self._fill()
         self._log_progress()
@@ -147,7 +154,7 @@ class Producer:
         """Publish what is owed: retries first, then as many new jobs as pacing allows."""
         self._fill_scheduled = False
         session = self._session
-        if session is None or not session.usable:
+        if not session.usable:
             return
         room = self.max_outstanding - len(self._unconfirmed)
         while room > 0 and self._to_publish:
@@ -183,15 +190,14 @@ class Producer:
         )
 
     def _on_confirm(self, job: Job, ok: bool) -> None:
-        if self._unconfirmed.pop(job.id, None) is None:
-            return
+        del self._unconfirmed[job.id]
         if ok:
             self.report.confirmed += 1
         else:
             log.warning("job %s not confirmed; will publish it again", job.id)
             self._to_publish.append(job)
         session = self._session
-        if self.rate is None and not self._fill_scheduled and session is not None and session.usable:
+        if self.rate is None and not self._fill_scheduled and session.usable:
             # Unpaced: top the window up as confirms come in, once per burst of confirms.
             self._fill_scheduled = True
             session.call_later(0, self._fill)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pika
 import pika.exceptions
 import tenacity
+from pika.adapters.utils.connection_workflow import AMQPConnectionWorkflowFailed
 
 from virtscale import defaults, topology_spec
 from virtscale.config import redact_url
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 #: AMQP reply codes after which retrying cannot help: the configuration must change.
 #: 403 access refused, 404 not found, 406 precondition failed, 530 not allowed (vhost).
 FATAL_REPLY_CODES = frozenset({403, 404, 406, 530})
+
+#: Seconds of random delay added to each reconnect wait, so that many clients cut off at once
+#: do not all come back at the same instant.
+RECONNECT_JITTER = 1.0
 
 OnMessage = Callable[[int, pika.BasicProperties, bytes], None]
 OnConfirm = Callable[[bool], None]
@@ -47,7 +52,12 @@ class BrokerRefused(Exception):
 
 
 def connection_parameters(url: str, connection_name: str = "virtscale") -> pika.URLParameters:
-    params = pika.URLParameters(url)
+    """pika's parameters for ``url``, named ``connection_name`` in the management UI.
+    Raises BrokerRefused for a URL pika cannot use (a bad port or query option)."""
+    try:
+        params = pika.URLParameters(url)
+    except (ValueError, TypeError, SyntaxError) as exc:
+        raise BrokerRefused(f"broker URL {redact_url(url)} is not usable: {exc}") from None
     if "heartbeat" not in url:
         params.heartbeat = defaults.HEARTBEAT
     params.connection_attempts = 1
@@ -56,26 +66,69 @@ def connection_parameters(url: str, connection_name: str = "virtscale") -> pika.
     return params
 
 
+def check_url(url: str) -> None:
+    """Raise BrokerRefused now, at start-up, for a URL that no connection attempt could use."""
+    connection_parameters(url)
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The error at the bottom of pika's wrappers (connection workflow, connector phases)."""
+    while True:
+        if isinstance(exc, AMQPConnectionWorkflowFailed) and exc.exceptions:
+            exc = exc.exceptions[-1]
+        elif isinstance(getattr(exc, "exception", None), BaseException):  # a connector phase error
+            exc = exc.exception
+        elif (
+            type(exc) is pika.exceptions.AMQPConnectionError
+            and exc.args
+            and isinstance(exc.args[0], BaseException)
+        ):
+            exc = exc.args[0]
+        else:
+            return exc
+
+
+def describe(exc: BaseException) -> str:
+    """Why a connection failed, in words (``connection refused``, ``320 CONNECTION_FORCED ...``)."""
+    exc = _innermost(exc)
+    reply_code = getattr(exc, "reply_code", None)
+    if reply_code is not None:
+        return f"{reply_code} {getattr(exc, 'reply_text', '')}".strip()
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    if isinstance(exc, pika.exceptions.AMQPHeartbeatTimeout):
+        return "no heartbeat from the broker"
+    if isinstance(exc, pika.exceptions.IncompatibleProtocolError):
+        return "the server there does not speak AMQP 0-9-1 (wrong port?)"
+    return str(exc) or type(exc).__name__
+
+
 def classify(exc: BaseException, url: str, after_ready: bool = False) -> Exception:
     """The project's exception for a pika exception."""
     where = redact_url(url)
+    inner = _innermost(exc)
     if isinstance(
-        exc,
+        inner,
         pika.exceptions.ProbableAuthenticationError
         | pika.exceptions.AuthenticationError
         | pika.exceptions.ProbableAccessDeniedError,
     ):
-        return BrokerRefused(f"broker at {where} refused the credentials or the vhost: {exc!r}")
-    reply_code = getattr(exc, "reply_code", None)
+        return BrokerRefused(f"broker at {where} refused the credentials or the vhost: {inner!r}")
+    reply_code = getattr(inner, "reply_code", None)
     if reply_code in FATAL_REPLY_CODES:
-        text = getattr(exc, "reply_text", str(exc))
-        return BrokerRefused(f"broker at {where} refused: {reply_code} {text}")
-    return BrokerUnavailable(f"broker at {where} unavailable: {exc!r}", after_ready)
+        return BrokerRefused(f"broker at {where} refused: {describe(inner)}")
+    return BrokerUnavailable(f"broker at {where} unavailable: {describe(inner)}", after_ready)
 
 
-def _blocking_call(url: str, action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object]):
+def _blocking_call(
+    url: str,
+    action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object],
+    connection_name: str = "virtscale",
+):
     try:
-        connection = pika.BlockingConnection(connection_parameters(url))
+        connection = pika.BlockingConnection(connection_parameters(url, connection_name))
     except pika.exceptions.AMQPError as exc:
         raise classify(exc, url) from exc
     try:
@@ -83,8 +136,11 @@ def _blocking_call(url: str, action: Callable[[pika.adapters.blocking_connection
     except pika.exceptions.AMQPError as exc:
         raise classify(exc, url) from exc
     finally:
-        if connection.is_open:
-            connection.close()
+        try:
+            if connection.is_open:
+                connection.close()
+        except pika.exceptions.AMQPError as exc:  # the broker went away meanwhile: nothing to close
+            log.debug("closing %s: %s", redact_url(url), describe(exc))
 
 
 def declare_topology(url: str, names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT) -> None:
@@ -125,22 +181,23 @@ def delete_topology(url: str, names: QueueNames) -> dict[str, int | None]:
     return _blocking_call(url, delete)
 
 
-def queue_counts(url: str, queue: str) -> tuple[int, int]:
+def queue_counts(url: str, queue: str, connection_name: str = "virtscale") -> tuple[int, int]:
     """(ready messages, consumers) of ``queue`` by a passive declare; needs no management API."""
 
     def inspect(channel) -> tuple[int, int]:
         frame = channel.queue_declare(queue, passive=True)
         return frame.method.message_count, frame.method.consumer_count
 
-    return _blocking_call(url, inspect)
+    return _blocking_call(url, inspect, connection_name)
 
 
 class Session:
     """One connection with one confirm-mode channel, driven by pika's asynchronous I/O loop.
 
-    All methods except ``threadsafe`` and ``request_stop_threadsafe`` run on the loop's
-    thread. ``run`` blocks until the session ends: it returns after ``stop`` and raises
-    BrokerUnavailable or BrokerRefused otherwise.
+    All methods except ``threadsafe`` run on the loop's thread. ``run`` blocks until the
+    session ends: it returns after ``stop`` and raises BrokerUnavailable or BrokerRefused
+    otherwise. Once the channel is gone, acks and publishes are no-ops (the broker redelivers
+    what was not acked; publishes not confirmed get ``on_confirm(False)`` when ``run`` ends).
     """
 
     def __init__(
@@ -179,12 +236,18 @@ class Session:
             )
         except pika.exceptions.AMQPError as exc:
             raise classify(exc, self.url) from exc
-        self._connection.ioloop.start()
+        try:
+            self._connection.ioloop.start()
+        except pika.exceptions.AMQPError as exc:  # raised through the loop by a pika callback
+            self._failure = self._failure or classify(exc, self.url, self.ready)
+        finally:
+            # Closed, the loop drops callbacks handed to it later (threadsafe) and frees its sockets.
+            self._connection.ioloop.close()
         self._fail_pending()
         if self._failure is not None:
             raise self._failure
         if not self._stopping:
-            raise BrokerUnavailable("connection ended unexpectedly", self.ready)
+            raise BrokerUnavailable(f"broker at {redact_url(self.url)}: connection ended", self.ready)
 
     def stop(self) -> None:
         """Close the channel and the connection cleanly; ``run`` then returns."""
@@ -199,14 +262,11 @@ class Session:
             self._connection.ioloop.stop()
 
     def threadsafe(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` on the I/O loop's thread (from any thread or a signal handler)."""
+        """Run ``callback`` on the I/O loop's thread (from any thread or a signal handler).
+        After the session has ended the callback is dropped: it belonged to that session."""
         connection = self._connection
-        if connection is None:
-            return
-        try:
+        if connection is not None:
             connection.ioloop.add_callback_threadsafe(callback)
-        except (RuntimeError, AttributeError):
-            log.debug("loop already closed; callback dropped")
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> object:
         return self._connection.ioloop.call_later(delay, callback)
@@ -216,7 +276,22 @@ class Session:
 
     @property
     def usable(self) -> bool:
-        return self.ready and not self._stopping and self._channel is not None and self._channel.is_open
+        return self.ready and not self._stopping and self._channel_open
+
+    @property
+    def _channel_open(self) -> bool:
+        return self._channel is not None and self._channel.is_open
+
+    def _on_channel(self, what: str, action: Callable[[object], object]) -> None:
+        """``action(channel)`` if the channel is open. A channel closed meanwhile means the session
+        is ending, which ``run`` reports; here it only makes the action moot."""
+        if not self._channel_open:
+            log.debug("%s skipped: the channel is closed", what)
+            return
+        try:
+            action(self._channel)
+        except pika.exceptions.AMQPError as exc:
+            log.debug("%s skipped: %s", what, describe(exc))
 
     # -- publishing ------------------------------------------------------------------
 
@@ -241,11 +316,26 @@ class Session:
         seq = self._next_seq
         self._next_seq += 1
         self._pending[seq] = (message_id, on_confirm)
-        self._channel.basic_publish("", routing_key, body, properties, mandatory=True)
+        self._on_channel(
+            f"publish of {message_id or 'a message'}",
+            lambda channel: channel.basic_publish("", routing_key, body, properties, mandatory=True),
+        )
 
-    @property
-    def unconfirmed(self) -> int:
-        return len(self._pending)
+    def dead_letter(
+        self,
+        queue: str,
+        body: bytes,
+        reason: str,
+        message_id: str | None,
+        settle: OnConfirm,
+        headers: dict | None = None,
+    ) -> None:
+        """Move a message that can never be processed to the dead-letter ``queue``, its body
+        unchanged and ``reason`` in the defaults.REASON_HEADER header (plus ``headers``).
+        ``settle(ok)`` then acks the original (ok: the copy is safe) or requeues it (not ok)."""
+        log.warning("dead-lettering message %s: %s", message_id or "without an id", reason)
+        publish_headers = {defaults.REASON_HEADER: reason, **(headers or {})}
+        self.publish(queue, body, settle, message_id=message_id, headers=publish_headers)
 
     def _on_delivery_confirmation(self, frame) -> None:
         method = frame.method
@@ -273,11 +363,17 @@ class Session:
 
     # -- consuming -------------------------------------------------------------------
 
-    def consume(self, queue: str, on_message: OnMessage, consumer_tag: str | None = None) -> None:
+    def consume(self, queue: str, on_message: OnMessage, consumer_tag: str) -> None:
+        """Deliveries from ``queue`` to ``on_message``, under ``consumer_tag`` (which names the
+        consumer in the management UI)."""
+
         def deliver(_channel, method, properties, body) -> None:
             on_message(method.delivery_tag, properties, body)
 
-        self._consumer_tag = self._channel.basic_consume(queue, deliver, consumer_tag=consumer_tag)
+        def start(channel) -> None:
+            self._consumer_tag = channel.basic_consume(queue, deliver, consumer_tag=consumer_tag)
+
+        self._on_channel(f"consuming from {queue}", start)
 
     def cancel(self, on_cancelled: Callable[[], None] | None = None) -> None:
         """Stop receiving new deliveries; those in hand can still be acked."""
@@ -286,23 +382,29 @@ class Session:
                 on_cancelled()
             return
         tag, self._consumer_tag = self._consumer_tag, None
-        self._channel.basic_cancel(tag, callback=lambda _frame: on_cancelled and on_cancelled())
 
-    def ack(self, delivery_tag: int, multiple: bool = False) -> None:
-        self._channel.basic_ack(delivery_tag, multiple=multiple)
+        def cancelled(_frame) -> None:
+            if on_cancelled:
+                on_cancelled()
+
+        self._on_channel(f"cancel of {tag}", lambda channel: channel.basic_cancel(tag, callback=cancelled))
+
+    def ack(self, delivery_tag: int) -> None:
+        self._on_channel(f"ack of delivery {delivery_tag}", lambda channel: channel.basic_ack(delivery_tag))
 
     def nack(self, delivery_tag: int, requeue: bool = True) -> None:
-        self._channel.basic_nack(delivery_tag, requeue=requeue)
+        self._on_channel(
+            f"nack of delivery {delivery_tag}",
+            lambda channel: channel.basic_nack(delivery_tag, requeue=requeue),
+        )
 
     # -- pika callbacks --------------------------------------------------------------
 
     def _on_connection_open(self, connection) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
 
-    def _on_open_error(self, _connection, error) -> None:
-        self._failure = (
-            classify(error, self.url) if isinstance(error, Exception) else BrokerUnavailable(str(error))
-        )
+    def _on_open_error(self, _connection, error: BaseException) -> None:
+        self._failure = classify(error, self.url)
         self._connection.ioloop.stop()
 
     def _on_connection_closed(self, _connection, reason) -> None:
@@ -335,7 +437,7 @@ class Session:
 
     def _became_ready(self) -> None:
         self.ready = True
-        log.info("connected to %s", redact_url(self.url))
+        log.info("connected to %s as %r", redact_url(self.url), self._connection_name)
         self._on_ready(self)
 
     def _on_channel_closed(self, _channel, reason) -> None:
@@ -356,7 +458,8 @@ def keep_running(
 ) -> None:
     """Run sessions until one ends cleanly or a stop is requested, reconnecting with capped,
     jittered exponential backoff. The backoff starts afresh after a session that was working.
-    BrokerRefused propagates: the caller exits with its message."""
+    Each failed attempt logs one WARNING with its reason. BrokerRefused propagates: the caller
+    exits with its message."""
 
     def log_retry(state: tenacity.RetryCallState) -> None:
         log.warning(
@@ -373,9 +476,9 @@ def keep_running(
     while not stop_requested.is_set():
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(retryable),
-            wait=tenacity.wait_exponential_jitter(
-                initial=defaults.RECONNECT_INITIAL, max=defaults.RECONNECT_MAX
-            ),
+            # Spelled so that Debian 12's tenacity (8.2, in the VM) and today's read it alike.
+            wait=tenacity.wait_exponential(multiplier=defaults.RECONNECT_INITIAL, max=defaults.RECONNECT_MAX)
+            + tenacity.wait_random(0, RECONNECT_JITTER),
             stop=lambda _state: stop_requested.is_set(),
             sleep=stop_requested.wait,
             before_sleep=log_retry,

@@ -1,10 +1,18 @@
-"""Queue names derive from one base name, so every component agrees on them."""
+"""Names that several components (and the broker's management UI) must agree on.
+
+Queue names derive from one base name. Connection names and consumer tags say which
+component holds them, on which host or VM, for which queue, so an operator can tell
+them apart in the management UI and the scaler can tell which VMs are consuming.
+"""
 
 from dataclasses import dataclass
 
 #: A worker's consumer tag is this prefix, its name (the domain name in a VM) and a random
 #: suffix after a colon, so the scaler can tell from the broker which VMs are consuming.
 WORKER_TAG_PREFIX = "virtscale-worker:"
+
+#: A collector's consumer tag is this prefix, its host name and a random suffix after a colon.
+COLLECTOR_TAG_PREFIX = "virtscale-collector:"
 
 
 def worker_consumer_tag(name: str, suffix: str) -> str:
@@ -16,6 +24,16 @@ def worker_from_consumer_tag(tag: str) -> str | None:
     if not tag.startswith(WORKER_TAG_PREFIX) or ":" not in tag[len(WORKER_TAG_PREFIX) :]:
         return None
     return tag[len(WORKER_TAG_PREFIX) :].rsplit(":", 1)[0]
+
+
+def collector_consumer_tag(host: str, suffix: str) -> str:
+    return f"{COLLECTOR_TAG_PREFIX}{host}:{suffix}"
+
+
+def connection_name(component: str, who: str, queue: str) -> str:
+    """The name a connection shows in the management UI: ``virtscale-<component> <who> <queue>``,
+    where ``who`` is the host (or, for a worker, its name) and ``queue`` the job queue."""
+    return f"virtscale-{component} {who} {queue}"
 
 
 @dataclass(frozen=True)

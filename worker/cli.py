@@ -9,10 +9,8 @@ import signal
 import socket
 import sys
 
-from virtscale.worker.consumer import Worker, default_concurrency
-
 from virtscale import defaults
-from virtscale.broker import BrokerRefused
+from virtscale.broker import BrokerRefused, check_url
 from virtscale.config import (
     OneLineParser,
     add_common_options,
@@ -21,11 +19,29 @@ from virtscale.config import (
     queue_names,
     resolve_amqp_url,
 )
+from virtscale.naming import worker_consumer_tag
+from virtscale.worker.consumer import Worker, default_concurrency
 
-log = logging.getLogger("worker")
+log = logging.getLogger(__name__)
 
 #: bcrypt accepts cost factors 4..31.
 MIN_COST, MAX_COST = 4, 31
+
+#: Hashing threads at most: far more than any machine has cores to run them.
+MAX_CONCURRENCY = 1024
+
+#: AMQP's prefetch count (concurrency x prefetch per slot) is a 16-bit number.
+MAX_PREFETCH = 65535
+
+#: The longest name, in UTF-8 bytes, that fits a consumer tag (255 bytes) with its prefix and suffix.
+MAX_NAME_BYTES = 255 - len(worker_consumer_tag("", "12345678"))
+
+EXAMPLES = """\
+examples:
+  virtscale-worker --amqp-url amqp://worker@broker.example:5672/%2F --password-file /run/secrets/amqp
+  VIRTSCALE_WORKER_NAME=vm-3 virtscale-worker --cost 12 --concurrency 2
+  virtscale-worker --queue licenses --cost 4 --log-level DEBUG
+"""
 
 
 def bcrypt_cost(text: str) -> int:
@@ -35,31 +51,62 @@ def bcrypt_cost(text: str) -> int:
     return value
 
 
+def concurrency(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CONCURRENCY}, got {text!r}")
+    return value
+
+
+def worker_name(text: str) -> str:
+    """A name for results, the consumer tag and the connection: printable, 1-MAX_NAME_BYTES bytes."""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if not 0 < size <= MAX_NAME_BYTES or not text.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"must be 1-{MAX_NAME_BYTES} printable characters, got {text!r} "
+            "(the flag or VIRTSCALE_WORKER_NAME)"
+        )
+    return text
+
+
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="virtscale-worker", description=__doc__)
+    parser = OneLineParser(
+        prog="virtscale-worker",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_common_options(parser)
     parser.add_argument(
         "--cost",
         type=bcrypt_cost,
+        metavar="N",
         default=defaults.BCRYPT_COST,
-        help="bcrypt cost factor, 4-31 (default: %(default)s)",
+        help=f"bcrypt cost factor (log2 rounds), {MIN_COST}-{MAX_COST} (default: %(default)s)",
     )
     parser.add_argument(
         "--concurrency",
-        type=positive_int,
+        type=concurrency,
+        metavar="N",
         default=default_concurrency(),
-        help="hashing slots (default: CPU count, here %(default)s)",
+        help=f"hashing threads, 1-{MAX_CONCURRENCY} "
+        "(default: the CPUs this process may use, here %(default)s)",
     )
     parser.add_argument(
         "--prefetch-per-slot",
         type=positive_int,
+        metavar="JOBS",
         default=1,
-        help="unacked jobs held per slot; 1 lets a new worker take work at once (default: %(default)s)",
+        help="unacked jobs held per hashing thread; 1 lets a new worker take work at once "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--name",
+        type=worker_name,
+        metavar="NAME",
         default=os.environ.get("VIRTSCALE_WORKER_NAME", socket.gethostname()),
-        help="name reported with each result (default: host name)",
+        help="name reported with each result and in the consumer tag; in a VM, its domain name "
+        "(env VIRTSCALE_WORKER_NAME; default: the host name)",
     )
     return parser
 
@@ -68,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     url = resolve_amqp_url(parser, args)
+    try:
+        check_url(url)
+    except BrokerRefused as exc:
+        parser.error(str(exc))
+    if args.concurrency * args.prefetch_per_slot > MAX_PREFETCH:
+        parser.error(f"--concurrency times --prefetch-per-slot must be at most {MAX_PREFETCH}")
     configure_logging(args.log_level, args.log_format)
     worker = Worker(
         url,

@@ -16,12 +16,11 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pika
-from virtscale.worker.hashing import hash_license
 
-from virtscale import defaults
 from virtscale.broker import Session, keep_running
 from virtscale.messages import InvalidMessage, Job, Result, parse_job
-from virtscale.naming import QueueNames, worker_consumer_tag
+from virtscale.naming import QueueNames, connection_name, worker_consumer_tag
+from virtscale.worker.hashing import hash_license
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ class Worker:
             self._start_consuming,
             queues=(self.names.jobs, self.names.results, self.names.dead),
             prefetch=self.prefetch,
-            connection_name=f"virtscale-worker {self.name}",
+            connection_name=connection_name("worker", self.name, self.names.jobs),
         )
         self._session.run()
 
@@ -101,26 +100,23 @@ class Worker:
         session.consume(self.names.jobs, self._on_job, consumer_tag=tag)
 
     def _drain(self) -> None:
-        session = self._session
-        if session is None:
-            return
         log.info("worker %s draining: %d job(s) in hand", self.name, self._in_hand)
-        session.cancel(self._stop_when_idle)
+        self._session.cancel(self._stop_when_idle)
 
     def _stop_when_idle(self) -> None:
-        if self.stop_requested.is_set() and self._in_hand == 0 and self._session is not None:
+        if self.stop_requested.is_set() and self._in_hand == 0:
             self._session.stop()
 
     # -- per job -----------------------------------------------------------------------
 
     def _on_job(self, delivery_tag: int, properties: pika.BasicProperties, body: bytes) -> None:
         session = self._session
+        self._in_hand += 1
         try:
             job = parse_job(body)
         except InvalidMessage as exc:
-            self._dead_letter(session, delivery_tag, properties, body, str(exc))
+            self._dead_letter(session, delivery_tag, body, str(exc), properties.message_id)
             return
-        self._in_hand += 1
         future = self._pool.submit(hash_license, job.license, self.cost)
         future.add_done_callback(
             lambda done: session.threadsafe(lambda: self._publish_result(session, delivery_tag, job, done))
@@ -133,9 +129,8 @@ class Worker:
             digest, hash_ms = done.result()
         except Exception as exc:  # bcrypt refused input that passed validation: never retry it
             log.error("job %s: hashing failed: %s", job.id, type(exc).__name__)
-            self._in_hand -= 1
             self._dead_letter(
-                session, delivery_tag, None, job.to_json(), f"hashing failed: {type(exc).__name__}"
+                session, delivery_tag, job.to_json(), f"hashing failed: {type(exc).__name__}", job.id
             )
             return
         result = Result(
@@ -149,49 +144,45 @@ class Worker:
         session.publish(
             self.names.results,
             result.to_json(),
-            lambda ok: self._after_result(session, delivery_tag, job.id, ok),
+            lambda ok: self._settle(session, delivery_tag, ok, job.id, dead_lettered=False),
             message_id=job.id,
         )
 
-    def _after_result(self, session: Session, delivery_tag: int, job_id: str, ok: bool) -> None:
+    def _dead_letter(
+        self, session: Session, delivery_tag: int, body: bytes, reason: str, message_id: str | None
+    ) -> None:
+        """Move a job that can never be processed to the dead-letter queue, with the reason."""
+        session.dead_letter(
+            self.names.dead,
+            body,
+            reason,
+            message_id,
+            lambda ok: self._settle(session, delivery_tag, ok, message_id, dead_lettered=True),
+            headers={"x-virtscale-worker": self.name},
+        )
+
+    def _settle(
+        self, session: Session, delivery_tag: int, ok: bool, job_id: str | None, *, dead_lettered: bool
+    ) -> None:
+        """The one end of every job: ack once its result or dead letter is confirmed, else requeue."""
         if not self._still_current(session):
             return
         self._in_hand -= 1
         if ok:
             session.ack(delivery_tag)
-            self.hashed += 1
-            log.debug("job %s hashed", job_id)
-        else:
-            log.warning("job %s: result not confirmed; job requeued", job_id)
-            session.nack(delivery_tag, requeue=True)
-        self._stop_when_idle()
-
-    def _dead_letter(
-        self,
-        session: Session,
-        delivery_tag: int,
-        properties: pika.BasicProperties | None,
-        body: bytes,
-        reason: str,
-    ) -> None:
-        """Move a job that can never be processed to the dead-letter queue, with the reason."""
-        message_id = properties.message_id if properties else None
-        log.warning("dead-lettering message %s: %s", message_id or f"#{delivery_tag}", reason)
-        self._in_hand += 1
-
-        def confirmed(ok: bool) -> None:
-            if not self._still_current(session):
-                return
-            self._in_hand -= 1
-            if ok:
-                session.ack(delivery_tag)
+            if dead_lettered:
                 self.dead_lettered += 1
             else:
-                session.nack(delivery_tag, requeue=True)
-            self._stop_when_idle()
-
-        headers = {defaults.REASON_HEADER: reason, "x-virtscale-worker": self.name}
-        session.publish(self.names.dead, body, confirmed, message_id=message_id, headers=headers)
+                self.hashed += 1
+                log.debug("job %s hashed", job_id)
+        else:
+            log.warning(
+                "job %s: %s not confirmed; job requeued",
+                job_id or f"#{delivery_tag}",
+                "dead letter" if dead_lettered else "result",
+            )
+            session.nack(delivery_tag, requeue=True)
+        self._stop_when_idle()
 
     def _still_current(self, session: Session) -> bool:
         """False once the session a delivery came on is gone: the broker redelivers its jobs."""

@@ -2,8 +2,9 @@ import sqlite3
 import uuid
 
 import pytest
-from virtscale.collector.store import Store, StoreError, sqlite_path
 
+from virtscale.collector import store as store_module
+from virtscale.collector.store import Store, StoreError, StoreFailed, StoreMissing, sqlite_path
 from virtscale.messages import Result
 
 
@@ -48,3 +49,64 @@ def test_bad_store_urls_say_what_to_write(url):
 def test_relative_and_absolute_paths():
     assert sqlite_path("sqlite:///var/h.db") == "var/h.db"
     assert sqlite_path("sqlite:////tmp/h.db") == "/tmp/h.db"
+
+
+def test_a_store_is_made_with_its_directories(tmp_path):
+    path = tmp_path / "new" / "dir" / "h.db"
+    Store(f"sqlite:///{path}").close()
+    assert path.is_file()
+
+
+def test_reading_a_missing_store_says_so_and_creates_nothing(tmp_path):
+    path = tmp_path / "absent" / "h.db"
+    with pytest.raises(StoreMissing, match="no such file"):
+        Store(f"sqlite:///{path}", create=False)
+    assert not (tmp_path / "absent").exists()
+
+
+def test_an_existing_store_opens_for_reading(tmp_path):
+    path = tmp_path / "h.db"
+    Store(f"sqlite:///{path}").insert([result()], 1.0)
+    assert Store(f"sqlite:///{path}", create=False).stats()["stored"] == 1
+
+
+def test_a_file_that_is_not_sqlite_is_refused(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, not a database\n" * 100)
+    for create in (True, False):
+        with pytest.raises(StoreError, match="not a SQLite database"):
+            Store(f"sqlite:///{path}", create=create)
+    assert path.read_text().startswith("hello"), "left as it was"
+
+
+def test_a_sqlite_file_of_something_else_is_not_read_as_a_store(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as other:
+        other.execute("CREATE TABLE people (name TEXT)")
+    with pytest.raises(StoreError, match="not a virtscale store"):
+        Store(f"sqlite:///{path}", create=False)
+
+
+def test_a_directory_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="is a directory"):
+        Store(f"sqlite:///{tmp_path}")
+
+
+def test_a_directory_that_cannot_be_made_is_refused():
+    with pytest.raises(StoreError, match="cannot be opened: No such file or directory"):
+        Store("sqlite:////proc/no-such-process/h.db")
+
+
+def test_a_commit_that_fails_raises_store_failed_and_stores_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "h.db"
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.1)
+    store = Store(f"sqlite:///{path}")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock past the busy timeout
+    try:
+        with pytest.raises(StoreFailed, match="writing 2 result"):
+            store.insert([result(), result()], 1.0)
+    finally:
+        blocker.execute("ROLLBACK")
+    assert store.stats()["stored"] == 0
+    assert store.insert([result()], 1.0) == (1, 0), "usable again once the lock is gone"
