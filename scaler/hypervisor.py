@@ -118,6 +118,9 @@ class Hypervisor:
         #: The failed opens since the last success (None: the last open worked).
         self._retry_state: tenacity.RetryCallState | None = None
         self._next_attempt = 0.0
+        #: Connections opened so far: when it changes, libvirtd may have just restarted and not
+        #: yet listed every domain again (the scaler then waits before believing an absence).
+        self.connections = 0
 
     @property
     def next_attempt(self) -> float:
@@ -156,6 +159,7 @@ class Hypervisor:
             raise HypervisorUnavailable(
                 f"{self.uri}: {_reason(exc)}; next attempt in {delay:.1f} s"
             ) from None
+        self.connections += 1
         if self._retry_state is not None:
             log.info("%s: reconnected to libvirtd", self.uri)
             self._retry_state = None

@@ -1,4 +1,9 @@
-"""One scaler tick: observe (libvirt + broker), decide (policy), act (libvirt), report."""
+"""One scaler tick: observe (libvirt + broker), decide (policy), act (libvirt), report.
+
+No reading the tick did not really make is acted on: a missing signal makes the tick degraded
+(the policy then removes nothing), a domain libvirt did not list for certain is UNKNOWN to the
+policy rather than stopped, and every libvirt failure ends as a problem or a failed action.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,47 @@ from dataclasses import dataclass, field
 
 from virtscale.scaler.cpu import CpuWindow
 from virtscale.scaler.hypervisor import ActionFailed, DomainSample, Hypervisor, HypervisorUnavailable
-from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Decision, Observation, Policy, VmView
+from virtscale.scaler.policy import (
+    DESTROY,
+    SHUTDOWN,
+    START,
+    UNKNOWN,
+    Decision,
+    Observation,
+    Policy,
+    VmView,
+)
 from virtscale.scaler.queue_monitor import QueueMonitor, QueueReading
 
 log = logging.getLogger(__name__)
+
+#: Ticks a connection is given to list again every domain it listed before, after it was reopened
+#: or when it suddenly lists none: right after libvirtd restarts, its first answers can list no
+#: domain at all while it reattaches them. Meanwhile a missing domain is UNKNOWN to the policy and
+#: the tick degraded; after that it is believed gone. 3 ticks: 15 s at the default interval.
+REATTACH_TICKS = 3
+
+
+@dataclass
+class Listing:
+    """The domains one connection last listed for certain, to tell one that is gone from one
+    libvirt has not listed again yet."""
+
+    names: frozenset[str] = frozenset()
+    #: The hypervisor's count of opened connections when it was listed.
+    connections: int = 0
+    #: Consecutive ticks since then whose lists lacked some of ``names``.
+    doubtful_ticks: int = 0
+
+
+@dataclass
+class DomainsSeen:
+    """One tick's view of the pool over every connection."""
+
+    samples: list[DomainSample] = field(default_factory=list)
+    #: Pool domains listed before that this tick could not see for certain.
+    unseen: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -27,10 +69,17 @@ class TickReport:
     decision: Decision
     problems: list[str] = field(default_factory=list)
     failed_actions: list[str] = field(default_factory=list)
+    #: Pool domains whose state this tick could not see (UNKNOWN to the policy).
+    unseen: list[str] = field(default_factory=list)
 
     @property
     def degraded(self) -> bool:
         return bool(self.problems)
+
+    @property
+    def refused(self) -> bool:
+        """The broker refused the scaler's credentials or request: a configuration to fix."""
+        return self.reading.refused
 
     def event(self) -> dict:
         consuming = self.reading.consuming
@@ -54,7 +103,9 @@ class TickReport:
             "actions": [{"domain": a.domain, "action": a.action} for a in self.decision.actions],
             "reason": self.decision.reason,
             "signals": self.decision.signals,
+            "unseen": self.unseen,
             "degraded": self.degraded,
+            "refused": self.refused,
             "problems": self.problems + self.failed_actions,
         }
 
@@ -81,55 +132,91 @@ class Scaler:
         self.wall_clock = wall_clock
         self.on_tick = on_tick
         self._owner: dict[str, Hypervisor] = {}
+        self._listings: dict[Hypervisor, Listing] = {}
 
     def tick(self) -> TickReport:
-        samples, problems = self.observe_domains()
-        reading = self.monitor.read()
-        if reading.degraded:
-            problems.append(reading.problem or "queue reading degraded")
-        cpu = {s.name: self.cpu.percent(s.uri, s.name) for s in samples}
+        seen = self.observe_domains()
+        reading = self.read_queue()
+        problems = seen.problems + ([reading.problem or "queue reading degraded"] if reading.degraded else [])
+        cpu = {s.name: self.cpu.percent(s.uri, s.name) for s in seen.samples}
         observation = Observation(
             now=self.clock(),
             depth=reading.depth,
             arrival_rate=reading.publish_rate,
             ack_rate=reading.ack_rate,
-            vms=tuple(
-                VmView(
-                    s.name,
-                    s.state,
-                    cpu[s.name],
-                    s.name in reading.consuming,
-                    self.cpu.percent(s.uri, s.name, last_only=True),
-                )
-                for s in samples
-            ),
-            consumers_known=not reading.degraded,
+            vms=self._views(seen, reading, cpu),
+            consumers_known=reading.consumers_known,
             degraded=bool(problems),
         )
         decision = self.policy.decide(observation)
-        report = TickReport(self.wall_clock(), reading, samples, cpu, decision, problems)
+        report = TickReport(
+            self.wall_clock(), reading, seen.samples, cpu, decision, problems, unseen=seen.unseen
+        )
         log.info("%s%s", "[dry-run] " if self.dry_run else "", decision.reason)
         self.act(report)
         if self.on_tick:
             self.on_tick(report)
         return report
 
-    def observe_domains(self) -> tuple[list[DomainSample], list[str]]:
-        samples: list[DomainSample] = []
-        problems: list[str] = []
+    def read_queue(self) -> QueueReading:
+        """The queue reading; a refusal is logged as an error every tick, as it will not pass."""
+        reading = self.monitor.read()
+        if reading.refused:
+            log.error("the broker refuses the scaler, nothing is read: %s", reading.problem)
+        return reading
+
+    def _views(self, seen: DomainsSeen, reading: QueueReading, cpu: dict[str, float | None]):
+        """What the policy sees of each domain: sampled ones as sampled, unseen ones UNKNOWN."""
+        sampled = tuple(
+            VmView(
+                s.name,
+                s.state,
+                cpu[s.name],
+                s.name in reading.consuming,
+                self.cpu.percent(s.uri, s.name, last_only=True),
+            )
+            for s in seen.samples
+        )
+        return sampled + tuple(VmView(name, UNKNOWN, None, name in reading.consuming) for name in seen.unseen)
+
+    def observe_domains(self) -> DomainsSeen:
+        seen = DomainsSeen()
         for hypervisor in self.hypervisors:
-            try:
-                found = hypervisor.sample()
-            except HypervisorUnavailable as exc:
-                problems.append(str(exc))
-                continue
-            for sample in found:
-                if sample.name in self._owner and self._owner[sample.name] is not hypervisor:
-                    problems.append(f"{sample.name} is defined on two connections; using {sample.uri}")
-                self._owner[sample.name] = hypervisor
-            samples += found
-        self.cpu.add(samples)
-        return samples, problems
+            self._observe(hypervisor, seen)
+        sampled = {sample.name for sample in seen.samples}
+        seen.unseen = sorted(set(seen.unseen) - sampled)
+        self.cpu.add(seen.samples)
+        return seen
+
+    def _observe(self, hypervisor: Hypervisor, seen: DomainsSeen) -> None:
+        """One connection's domains into ``seen``. A failed sample leaves every domain it listed
+        last unseen; so does, for up to REATTACH_TICKS ticks, a list that lacks some of them
+        just after a reconnect (or lacks all of them), as libvirt may not have reattached them."""
+        listing = self._listings.setdefault(hypervisor, Listing())
+        try:
+            found = hypervisor.sample()
+        except HypervisorUnavailable as exc:
+            seen.problems.append(str(exc))
+            seen.unseen += listing.names
+            return
+        names = frozenset(sample.name for sample in found)
+        missing = listing.names - names
+        reconnected = hypervisor.connections != listing.connections
+        if missing and (reconnected or not names) and listing.doubtful_ticks < REATTACH_TICKS:
+            listing.doubtful_ticks += 1
+            seen.problems.append(
+                f"{hypervisor.uri}: {len(missing)} of {len(listing.names)} domains not listed "
+                f"{'since reconnecting' if reconnected else 'this time'} ({', '.join(sorted(missing))}); "
+                f"waiting for libvirt to list them again ({listing.doubtful_ticks}/{REATTACH_TICKS})"
+            )
+            seen.unseen += missing
+        else:
+            self._listings[hypervisor] = Listing(names, hypervisor.connections)
+        for sample in found:
+            if sample.name in self._owner and self._owner[sample.name] is not hypervisor:
+                seen.problems.append(f"{sample.name} is defined on two connections; using {sample.uri}")
+            self._owner[sample.name] = hypervisor
+        seen.samples += found
 
     def act(self, report: TickReport) -> None:
         if self.dry_run:
@@ -149,8 +236,7 @@ class Scaler:
     def shutdown_pool(self) -> list[str]:
         """ACPI-shutdown every running pool domain (the --shutdown-on-exit path)."""
         stopped = []
-        samples, _problems = self.observe_domains()
-        for sample in samples:
+        for sample in self.observe_domains().samples:
             if sample.state == "running":
                 try:
                     self._owner[sample.name].shutdown(sample.name)

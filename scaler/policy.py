@@ -39,6 +39,11 @@ ROUNDING_SLACK = 1e-9
 #: Actions the scaler takes on a domain.
 START, SHUTDOWN, DESTROY = "start", "shutdown", "destroy"
 
+#: The state of a pool domain libvirt did not list this tick although it may well exist (its
+#: connection is down, or libvirtd was just restarted and has not reattached its domains yet).
+#: Nothing is concluded from its absence: it is neither stopped, nor failed, nor drained.
+UNKNOWN = "unknown"
+
 
 @dataclass(frozen=True)
 class PolicyConfig:
@@ -94,7 +99,7 @@ class VmView:
     """One pool domain as this tick saw it."""
 
     name: str
-    #: libvirt state: running, shutoff, shutting-down, paused, crashed, ...
+    #: libvirt state: running, shutoff, shutting-down, paused, crashed, ...; or UNKNOWN.
     state: str
     #: Mean CPU% over the window, None while unknown.
     cpu: float | None = None
@@ -107,7 +112,8 @@ class VmView:
 @dataclass(frozen=True)
 class Observation:
     now: float
-    #: Ready + unacked jobs; None when the queue could not be read.
+    #: Ready + unacked jobs; None when the queue could not be read. On a degraded observation it
+    #: may be the ready count alone (the unacked count missing): a lower bound, never "empty".
     depth: int | None
     #: Jobs published per second (None when unknown).
     arrival_rate: float | None
@@ -116,8 +122,15 @@ class Observation:
     vms: tuple[VmView, ...]
     #: Whether `VmView.consuming` is known (the broker's consumer list could be read).
     consumers_known: bool = True
-    #: Some signal was missing this tick: never scale down on it.
+    #: Some signal was missing this tick: never scale down on it. (A VM in state UNKNOWN is a
+    #: missing signal too, whatever this says.)
     degraded: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Every signal is there: the only kind of observation a VM may be removed on, or an
+        empty queue believed."""
+        return not self.degraded and self.depth is not None and all(vm.state != UNKNOWN for vm in self.vms)
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,8 @@ class Policy:
         self.ready_since: dict[str, float] = {}
         self.arrival_rate: float | None = None
         self._history: collections.deque[tuple[float, int]] = collections.deque()
+        #: The previous tick's time, to stop the boot clocks over a tick without consumer data.
+        self._previous_now: float | None = None
 
     # -- the outline -------------------------------------------------------------------
 
@@ -177,10 +192,11 @@ class Policy:
         actions: list[Action] = []
         notes: list[str] = []
         vms = {vm.name: vm for vm in obs.vms}
+        self._hold_boot_clocks(obs)
         self._reconcile(obs, vms, actions, notes)
         ready = [vm for vm in obs.vms if self._is_ready(vm, obs.consumers_known)]
         self._track_ready(obs.now, ready)
-        booting = [name for name in self.booting if name in vms]
+        booting = [name for name in self.booting if name in vms and self._coming(vms[name], obs.now)]
         current = len(ready) + len(booting)
         self._learn(obs, ready)
         self._smooth_arrivals(obs)
@@ -203,7 +219,7 @@ class Policy:
             actions += self._scale_up(obs, vms, current, desired, notes)
         elif stabilized < current:
             target = stabilized
-            if obs.degraded or obs.depth is None:
+            if not obs.complete:
                 target = current
                 notes.append("signals missing: no scale-down")
             else:
@@ -274,10 +290,27 @@ class Policy:
 
     def _is_ready(self, vm: VmView, consumers_known: bool) -> bool:
         """Running and consuming; when the broker's consumer list is unreadable, a running VM
-        is given the benefit of the doubt rather than replaced."""
-        if vm.state != "running" or vm.name in self.draining:
+        is given the benefit of the doubt rather than replaced. A VM libvirt did not list this
+        tick counts only if the broker sees it consume."""
+        if vm.state not in ("running", UNKNOWN) or vm.name in self.draining:
             return False
-        return vm.consuming or (not consumers_known and vm.name not in self.booting)
+        if vm.consuming:
+            return True
+        return not consumers_known and vm.state == "running" and vm.name not in self.booting
+
+    def _coming(self, vm: VmView, now: float) -> bool:
+        """A booting VM counts as coming capacity; one libvirt did not list this tick, only
+        within its boot timeout (a host that stays unreachable does not hold capacity forever)."""
+        return vm.state != UNKNOWN or now - self.booting[vm.name] < self.config.boot_timeout
+
+    def _hold_boot_clocks(self, obs: Observation) -> None:
+        """A boot timeout measures time in which the broker could have seen the VM consume: the
+        time up to a tick without the consumer list does not count towards it."""
+        if not obs.consumers_known and self._previous_now is not None:
+            elapsed = max(obs.now - self._previous_now, 0.0)
+            for name in self.booting:
+                self.booting[name] += elapsed
+        self._previous_now = obs.now
 
     def _reconcile(
         self, obs: Observation, vms: dict[str, VmView], actions: list[Action], notes: list[str]
@@ -286,6 +319,8 @@ class Policy:
         now = obs.now
         for name in list(self.draining):
             vm = vms.get(name)
+            if vm is not None and vm.state == UNKNOWN:
+                continue  # not seen this tick: neither drained nor to be destroyed blind
             if vm is None or vm.state == "shutoff":
                 del self.draining[name]
             elif now - self.draining[name] >= self.config.drain_timeout:
@@ -300,15 +335,17 @@ class Policy:
                 notes.append(f"{vm.name} crashed: destroy")
                 self.booting.pop(vm.name, None)
                 self.failed[vm.name] = now
-            elif vm.state == "running" and obs.consumers_known:
+            elif vm.state in ("running", UNKNOWN) and obs.consumers_known:
                 if vm.consuming:
                     self.booting.pop(vm.name, None)
-                elif vm.name not in self.booting:
+                elif vm.state == "running" and vm.name not in self.booting:
                     # Running without a consumer: started by hand, or its worker died. It gets
                     # the same grace as a VM we started, then it is declared failed.
                     self.booting[vm.name] = now
         for name in list(self.booting):
             vm = vms.get(name)
+            if vm is not None and vm.state == UNKNOWN:
+                continue  # not seen this tick: its absence says nothing, and no clock runs out
             if vm is None or vm.state in ("shutoff", "crashed"):
                 del self.booting[name]
                 if vm is None or vm.state == "shutoff":
@@ -357,9 +394,18 @@ class Policy:
         )
 
     def _floor(self, obs: Observation, current: int) -> int:
-        """min_vms; with min_vms 0, one VM until the queue has been empty and quiet long enough."""
+        """min_vms; with min_vms 0, one VM until the queue has been empty and quiet long enough.
+
+        Only a complete observation can show an empty queue: a depth that is missing (or only a
+        lower bound) restarts the idle clock, and the floor holds the VM that runs; with no
+        reading at all, it starts one."""
         if self.config.min_vms > 0:
             return self.config.min_vms
+        if not obs.complete:
+            self.idle_since = None
+            return 1 if obs.depth is None else min(current, 1)
+        # A missing arrival rate (a queue never published to) does not make a busy queue: the
+        # depth, known here, is the evidence.
         quiet = obs.depth == 0 and not obs.arrival_rate
         if not quiet:
             self.idle_since = None

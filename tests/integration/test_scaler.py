@@ -74,6 +74,12 @@ def wait_for_depth(scaler, at_least: int) -> None:
     wait_until(lambda: (scaler.monitor.read().depth or 0) >= at_least, 30, f"depth >= {at_least}")
 
 
+def wait_for_statistics(scaler) -> None:
+    """Until the management API reports the new queue's counts (some seconds after its declare):
+    before that every reading is degraded, as it must be."""
+    wait_until(lambda: not scaler.monitor.read().degraded, 30, "the queue's statistics")
+
+
 def test_a_loaded_queue_boots_vms_up_to_max_and_never_touches_other_domains(broker_url, names, management):
     clock = FakeClock()
     scaler = make_scaler(broker_url, names, clock, management)
@@ -113,6 +119,7 @@ def test_an_idle_queue_shuts_vms_down_after_stabilization(broker_url, names, man
             name=name,
         )
     wait_until(lambda: len(scaler.monitor.read().consuming) == 3, 60, "three VMs consuming")
+    wait_for_statistics(scaler)
     shutdowns = []
     for _ in range(20):
         report = scaler.tick()
@@ -176,6 +183,7 @@ def test_libvirtd_unreachable_is_retried_with_backoff_and_recovers(broker_url, n
         clock.now = hypervisor._next_attempt
     assert waits == sorted(waits) and waits[-1] > waits[0], "backoff grows"
     socket_path.symlink_to(real_socket)
+    wait_for_statistics(scaler)
     report = scaler.tick()
     assert not report.degraded, report.problems
 
