@@ -11,7 +11,7 @@ SECRETS := var/secrets
 as = --amqp-url amqp://$(1)@$(BROKER_HOST)/%2F --password-file $(SECRETS)/$(1) --queue $(QUEUE)
 
 .PHONY: setup broker image vms unvms producer worker collector stats scaler status demo test test-unit cloud-init \
-	bench bench-policy lint clean
+	bench bench-policy lint clean chaos
 N ?= 3
 COST ?= 12
 # bcrypt cost in the demo VMs: a TCG guest hashes at cost 10 in about a tenth of a second.
@@ -65,6 +65,12 @@ stats: setup
 demo: broker image
 	@$(MAKE) -s vms N=$(N) COST=$(DEMO_COST)
 	@deploy/demo.sh --vms $(N)
+
+# make chaos: the system on real VMs under load and a fault schedule, on a RabbitMQ node of its own
+# (deploy/chaos/run.py); DURATION = seconds of load, e.g. `make chaos DURATION=180`.
+DURATION ?= 600
+chaos: setup image
+	@$(BIN)/python deploy/chaos/run.py --duration $(DURATION) --domain-type $(DOMAIN_TYPE) $(ARGS)
 
 test: broker
 	$(BIN)/python -m pytest $(ARGS)
