@@ -36,6 +36,13 @@ PACKAGES = [
     "nftables",
 ]
 
+#: Where the egress rule lives, loaded at every boot through NFTABLES_INCLUDE.
+EGRESS_RULES_PATH = "/etc/nftables.d/virtscale.nft"
+#: The ruleset nftables.service loads at boot. Debian's (and Ubuntu's) includes no other file.
+NFTABLES_CONF = "/etc/nftables.conf"
+#: The line that makes nftables.service load the rule files of /etc/nftables.d too.
+NFTABLES_INCLUDE = 'include "/etc/nftables.d/*.nft"'
+
 #: One DNS label: letters, digits and inner hyphens, at most 63 characters.
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 #: The worker name is the guest's hostname (one label) and goes into the env file as it is.
@@ -102,8 +109,12 @@ def worker_env(args: argparse.Namespace) -> str:
 
 
 def egress_rules(broker: str, port: int) -> str:
-    """nftables: on the broker's host the guest may reach the broker's port and nothing else."""
+    """nftables: on the broker's host the guest may reach the broker's port and nothing else.
+    The file replaces its own table (declare, delete, define), so loading it again, by hand or
+    through nftables.conf, never leaves the rule twice."""
     return (
+        "table inet virtscale\n"
+        "delete table inet virtscale\n"
         "table inet virtscale {\n"
         "  chain output {\n"
         "    type filter hook output priority 0; policy accept;\n"
@@ -111,6 +122,12 @@ def egress_rules(broker: str, port: int) -> str:
         "  }\n"
         "}\n"
     )
+
+
+def persist_rules_command(conf: str = NFTABLES_CONF) -> list[str]:
+    """The shell step that adds NFTABLES_INCLUDE to ``conf`` once, so the egress rule survives a
+    reboot: nftables.service loads only that file, which by default includes nothing."""
+    return ["sh", "-c", f"grep -qxF '{NFTABLES_INCLUDE}' {conf} || echo '{NFTABLES_INCLUDE}' >> {conf}"]
 
 
 def write_file(path: str, content: str, permissions: str, encoding: str | None = None) -> dict:
@@ -137,12 +154,15 @@ def user_data(args: argparse.Namespace, password: str, code: str, unit: str) -> 
             write_file("/etc/virtscale/password", password, "0600"),
             write_file("/etc/systemd/system/virtscale-worker.service", unit, "0644", encoding="b64"),
             write_file("/etc/tmpfiles.d/virtscale.conf", tmpfiles, "0644"),
-            write_file("/etc/nftables.d/virtscale.nft", egress_rules(args.broker, args.port), "0644"),
+            write_file(EGRESS_RULES_PATH, egress_rules(args.broker, args.port), "0644"),
         ],
         "runcmd": [
             ["tar", "-xzf", "/opt/virtscale.tar.gz", "-C", "/opt"],
             ["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/virtscale.conf"],
-            ["nft", "-f", "/etc/nftables.d/virtscale.nft"],
+            # The egress rule now, and at every boot (nftables.service, through the include).
+            ["nft", "-f", EGRESS_RULES_PATH],
+            persist_rules_command(),
+            ["systemctl", "enable", "nftables.service"],
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", "virtscale-worker.service"],
         ],

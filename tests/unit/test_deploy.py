@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import subprocess
 import tarfile
 from pathlib import Path
 from xml.etree import ElementTree
@@ -123,6 +124,45 @@ def test_a_value_that_would_break_a_generated_file_is_one_line_and_exit_2(cloud_
 @pytest.mark.parametrize("host", ["broker.example.org", "mq-1", "192.168.122.1"])
 def test_a_broker_may_be_a_host_name_or_an_ipv4_address(cloud_init, host):
     assert cloud_init.broker_host(host) == host
+
+
+#: Debian 12's /etc/nftables.conf as the nftables package installs it (abridged).
+DEBIAN_NFTABLES_CONF = """#!/usr/sbin/nft -f
+
+flush ruleset
+
+table inet filter {
+\tchain input {
+\t\ttype filter hook input priority filter;
+\t}
+}
+"""
+
+
+def test_the_egress_rule_is_loaded_at_every_boot_too(cloud_init, tmp_path, capsys):
+    document = cloud_config(cloud_init, tmp_path, "pw", capsys=capsys)
+    steps = document["runcmd"]
+    load_now = steps.index(["nft", "-f", "/etc/nftables.d/virtscale.nft"])
+    persist = steps.index(cloud_init.persist_rules_command())
+    enable = steps.index(["systemctl", "enable", "nftables.service"])
+    start_worker = steps.index(["systemctl", "enable", "--now", "virtscale-worker.service"])
+    assert load_now < persist < enable < start_worker
+    assert "/etc/nftables.conf" in " ".join(steps[persist])
+
+
+def test_the_include_is_added_to_nftables_conf_once_and_keeps_what_was_there(cloud_init, tmp_path):
+    conf = tmp_path / "nftables.conf"
+    conf.write_text(DEBIAN_NFTABLES_CONF)
+    for _ in range(2):  # cloud-init runs runcmd once per instance; a second run changes nothing
+        subprocess.run(cloud_init.persist_rules_command(str(conf)), check=True, timeout=30)
+    text = conf.read_text()
+    assert text.startswith(DEBIAN_NFTABLES_CONF)
+    assert text[len(DEBIAN_NFTABLES_CONF) :] == 'include "/etc/nftables.d/*.nft"\n'
+
+
+def test_the_rule_file_replaces_its_own_table_so_it_can_be_loaded_again(cloud_init):
+    rules = cloud_init.egress_rules("10.0.0.5", 5672).splitlines()
+    assert rules[:3] == ["table inet virtscale", "delete table inet virtscale", "table inet virtscale {"]
 
 
 # -- deploy/vms.py: the domain XML ------------------------------------------------------------------
