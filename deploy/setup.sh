@@ -10,6 +10,9 @@ APT_PACKAGES=(
   rabbitmq-server
   libvirt-dev libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
   qemu-system-x86 qemu-utils debootstrap
+  # promtool, which the tests use on the alert rules and a live scrape. Under systemd Debian's
+  # package also starts a Prometheus server on :9090; no virtscale component uses that port.
+  prometheus
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
