@@ -12,14 +12,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 import pika
+
+from virtscale.broker import declare_topology, delete_topology
+from virtscale.naming import QueueNames
 from virtscale.producer.licenses import LicenseGenerator
 from virtscale.producer.publisher import Producer
 from virtscale.worker.consumer import default_concurrency
 
-from virtscale.broker import declare_topology, delete_topology
-from virtscale.naming import QueueNames
-
 URL = os.environ.get("VIRTSCALE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def bare_connection() -> pika.BlockingConnection:
+    """A plain pika connection for the baselines and the bench's own plumbing, named as such in
+    the management UI."""
+    params = pika.URLParameters(URL)
+    params.client_properties = {"connection_name": "virtscale-bench"}
+    return pika.BlockingConnection(params)
 
 
 def raw_bcrypt_rate(cost: int, jobs: int, slots: int) -> float:
@@ -38,7 +46,7 @@ def pipeline_rate(cost: int, jobs: int, slots: int, extra: list[str]) -> float:
     names = QueueNames(f"bench-{uuid.uuid4().hex[:8]}")
     declare_topology(URL, names)
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(URL))
+        connection = bare_connection()
         channel = connection.channel()
         channel.confirm_delivery()
         generate = LicenseGenerator(2)
@@ -96,7 +104,7 @@ def worker_efficiency() -> None:
 
 def bare_publish_rate(names: QueueNames, count: int) -> float:
     """A bare pika publisher: persistent messages, no confirms, same queue type."""
-    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    connection = bare_connection()
     channel = connection.channel()
     generate = LicenseGenerator(3)
     bodies = [
@@ -123,7 +131,7 @@ def confirmed_publish_rate(names: QueueNames, count: int) -> float:
 
 
 def one_by_one_confirm_rate(names: QueueNames, count: int) -> float:
-    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    connection = bare_connection()
     channel = connection.channel()
     channel.confirm_delivery()
     started = time.perf_counter()
@@ -135,7 +143,7 @@ def one_by_one_confirm_rate(names: QueueNames, count: int) -> float:
 
 
 def purge(names: QueueNames) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    connection = bare_connection()
     connection.channel().queue_purge(names.jobs)
     connection.close()
 

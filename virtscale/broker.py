@@ -254,8 +254,6 @@ class Session:
         if self._stopping:
             return
         self._stopping = True
-        if self._connection is None:
-            return
         if self._connection.is_open:
             self._connection.close()
         elif not self._connection.is_closing:
@@ -375,19 +373,15 @@ class Session:
 
         self._on_channel(f"consuming from {queue}", start)
 
-    def cancel(self, on_cancelled: Callable[[], None] | None = None) -> None:
-        """Stop receiving new deliveries; those in hand can still be acked."""
+    def cancel(self, on_cancelled: Callable[[], None]) -> None:
+        """Stop receiving new deliveries, then ``on_cancelled()``; those in hand can still be acked."""
         if self._consumer_tag is None or not self.usable:
-            if on_cancelled:
-                on_cancelled()
+            on_cancelled()
             return
         tag, self._consumer_tag = self._consumer_tag, None
-
-        def cancelled(_frame) -> None:
-            if on_cancelled:
-                on_cancelled()
-
-        self._on_channel(f"cancel of {tag}", lambda channel: channel.basic_cancel(tag, callback=cancelled))
+        self._on_channel(
+            f"cancel of {tag}", lambda channel: channel.basic_cancel(tag, callback=lambda _f: on_cancelled())
+        )
 
     def ack(self, delivery_tag: int) -> None:
         self._on_channel(f"ack of delivery {delivery_tag}", lambda channel: channel.basic_ack(delivery_tag))
