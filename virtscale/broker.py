@@ -115,7 +115,7 @@ def classify(exc: BaseException, url: str, after_ready: bool = False) -> Excepti
         | pika.exceptions.AuthenticationError
         | pika.exceptions.ProbableAccessDeniedError,
     ):
-        return BrokerRefused(f"broker at {where} refused the credentials or the vhost: {inner!r}")
+        return BrokerRefused(f"broker at {where} refused the credentials or the vhost: {describe(inner)}")
     reply_code = getattr(inner, "reply_code", None)
     if reply_code in FATAL_REPLY_CODES:
         return BrokerRefused(f"broker at {where} refused: {describe(inner)}")

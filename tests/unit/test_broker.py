@@ -108,3 +108,12 @@ def test_keep_running_lets_a_refusal_through():
 
     with pytest.raises(BrokerRefused):
         broker.keep_running(run_session, threading.Event(), "worker")
+
+
+def test_a_refused_login_quotes_the_broker_not_pika():
+    error = pika.exceptions.ProbableAuthenticationError(
+        "ConnectionClosedByBroker: (403) 'ACCESS_REFUSED - Login was refused'"
+    )
+    message = str(classify(error, URL))
+    assert message.startswith("broker at amqp://guest:***@127.0.0.1:5672/%2F refused the credentials")
+    assert message.endswith("(403) 'ACCESS_REFUSED - Login was refused'")
