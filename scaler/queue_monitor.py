@@ -148,10 +148,11 @@ class QueueMonitor:
     def refusal(self) -> str | None:
         """At start-up: why the broker refuses the scaler (management API or AMQP), or None.
         A broker that does not answer is no refusal: the loop runs degraded until it does."""
+        unreachable = []
         try:
             response = self._http.get(self.queue_endpoint, timeout=HTTP_TIMEOUT)
         except requests.RequestException as exc:
-            log.warning("management API at %s unreachable (%s); will keep trying", self.management, exc)
+            unreachable.append(f"management API at {self.management} unreachable ({type(exc).__name__})")
         else:
             if response.status_code in REFUSED_STATUSES:
                 return self._refusal_message(response)
@@ -160,7 +161,9 @@ class QueueMonitor:
         except BrokerRefused as exc:
             return str(exc)
         except BrokerUnavailable as exc:
-            log.warning("%s; will keep trying", exc)
+            unreachable.append(str(exc))
+        for problem in unreachable:
+            log.warning("%s; will keep trying", problem)
         return None
 
     def _refusal_message(self, response: requests.Response) -> str:

@@ -1,5 +1,6 @@
-"""What `run` and `status` share: the pool's flags (libvirt, broker, management API) and the
-Scaler built from them, every flag checked before anything connects."""
+"""What `run` and `status` share: the pool's flags (libvirt, broker, management API), the Scaler
+built from them, every flag checked before anything connects, and the start-up check that the
+broker accepts the scaler's credentials."""
 
 from __future__ import annotations
 
@@ -79,6 +80,15 @@ def connect_hypervisors(parser: argparse.ArgumentParser, args: argparse.Namespac
     return hypervisors
 
 
+def check_broker(parser: argparse.ArgumentParser, monitor: QueueMonitor) -> None:
+    """Ask the management API and AMQP once: if either refuses the credentials (or the queue),
+    exit 1 with one line, as retrying cannot help. A broker that does not answer is only a
+    warning: the loop then runs degraded until it does."""
+    refusal = monitor.refusal()
+    if refusal is not None:
+        parser.exit(1, f"{parser.prog}: error: {' '.join(refusal.split())}\n")
+
+
 def build_scaler(
     parser: argparse.ArgumentParser,
     args: argparse.Namespace,
@@ -90,4 +100,5 @@ def build_scaler(
 ) -> Scaler:
     monitor = queue_monitor(parser, args)
     hypervisors = connect_hypervisors(parser, args)
+    check_broker(parser, monitor)
     return Scaler(hypervisors, monitor, policy, window=window, dry_run=dry_run, on_tick=on_tick)

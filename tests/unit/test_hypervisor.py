@@ -1,11 +1,14 @@
 """The libvirt wrapper on the test driver: pool filtering, state, the per-domain CPU fallback,
 every libvirt error mapped to the module's own, and the reconnect backoff on a fake clock."""
 
+import re
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from tests.support.libvirt_faults import FAULTS
+from tests.support.libvirt_faults import Opener as FaultOpener
 from virtscale import defaults
 from virtscale.scaler import hypervisor as hypervisor_module
 from virtscale.scaler.hypervisor import ActionFailed, Hypervisor, HypervisorRefused, HypervisorUnavailable
@@ -131,3 +134,30 @@ def test_reconnect_waits_grow_are_capped_and_never_block(monkeypatch, tmp_path):
     assert hypervisor.next_attempt - clock.now <= defaults.RECONNECT_INITIAL + defaults.RECONNECT_JITTER, (
         "a success starts the backoff afresh"
     )
+
+
+@pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
+def test_every_libvirt_error_class_leaves_as_the_modules_own(monkeypatch, fault):
+    uri = f"test://{NODE}"
+    opener = FaultOpener(uri)
+    monkeypatch.setattr(hypervisor_module.libvirt, "open", opener)
+    hypervisor = Hypervisor(uri, "vm-*", clock=FakeClock())
+    assert len(hypervisor.sample()) == 4 and hypervisor.connections == 1
+    opener.connection.faults["getAllDomainStats"] = fault
+    with pytest.raises(HypervisorUnavailable, match=re.escape(fault.message)):
+        hypervisor.sample()
+    assert len(hypervisor.sample()) == 4, "the next sample works (reconnected if it was lost)"
+    assert hypervisor.connections == (2 if fault.lost else 1), "only a lost connection is reopened"
+    expected = HypervisorUnavailable if fault.lost else ActionFailed
+    for call, act in (("create", hypervisor.start), ("lookupByName", hypervisor.shutdown)):
+        opener.connection.faults[call] = fault
+        with pytest.raises(expected, match=re.escape(fault.message)):
+            act("vm-1")
+
+
+def test_a_domain_undefined_between_the_list_and_the_action_fails_that_action():
+    hypervisor = Hypervisor(f"test://{NODE}", "vm-*")
+    hypervisor.sample()
+    hypervisor._connect().lookupByName("vm-4").undefine()
+    with pytest.raises(ActionFailed, match=r"start vm-4 on test://.*: Domain not found"):
+        hypervisor.start("vm-4")

@@ -10,6 +10,7 @@ from virtscale.scaler.policy import (
     DESTROY,
     SHUTDOWN,
     START,
+    UNKNOWN,
     Observation,
     Policy,
     PolicyConfig,
@@ -213,6 +214,79 @@ def test_unknown_consumers_do_not_fail_booting_vms():
         observe(100, pool(ready=["vm-1"], booting=["vm-2"]), depth=0, consumers_known=False, degraded=True)
     )
     assert ("vm-2", DESTROY) not in actions(decision)
+
+
+def test_an_unseen_booting_vm_is_neither_failed_nor_stopped_and_counts_within_its_boot_timeout():
+    policy = Policy(CONFIG)
+    policy.decide(observe(0, pool(ready=["vm-1"], off=["vm-2"]), depth=80))
+    assert policy.booting == {"vm-2": 0}
+    unseen = (VmView("vm-1", UNKNOWN, consuming=True), VmView("vm-2", UNKNOWN))
+    decision = policy.decide(observe(10, unseen, depth=80, degraded=True))
+    assert actions(decision) == [] and "stopped" not in decision.reason
+    assert policy.booting == {"vm-2": 0} and policy.failed == {}
+    assert (decision.signals["ready"], decision.signals["booting"]) == (1, 1), "consuming + coming"
+    late = policy.decide(observe(30, unseen, depth=80, degraded=True))
+    assert late.signals["booting"] == 0, "past its boot timeout an unseen VM holds no capacity"
+    assert actions(late) == [] and policy.failed == {}, "and still nothing is concluded"
+    back = policy.decide(observe(31, pool(ready=["vm-1"], booting=["vm-2"]), depth=80))
+    assert ("vm-2", DESTROY) in actions(back), "seen again, not consuming: its timeout applies"
+
+
+def test_an_unseen_draining_vm_is_kept_draining_and_not_destroyed_blind():
+    policy = Policy(CONFIG)
+    policy.draining["vm-3"] = 0.0
+    unseen = (*pool(ready=["vm-1"]), VmView("vm-3", UNKNOWN))
+    assert actions(policy.decide(observe(50, unseen, degraded=True))) == []
+    assert policy.draining == {"vm-3": 0.0}
+    assert ("vm-3", DESTROY) in actions(policy.decide(observe(51, pool(ready=["vm-1", "vm-3"]))))
+
+
+def test_an_unseen_vm_blocks_scale_down_even_on_a_tick_not_marked_degraded():
+    policy = Policy(PolicyConfig(min_vms=1, scale_down_stabilization=0))
+    vms = (*pool(ready=["vm-1", "vm-2"], cpu=1.0), VmView("vm-3", UNKNOWN, consuming=True))
+    for now in range(0, 100, 10):
+        decision = policy.decide(observe(now, vms))
+        assert actions(decision) == [], decision.reason
+    assert "no scale-down" in decision.reason
+
+
+def test_the_boot_clock_stops_while_the_consumer_list_is_missing():
+    policy = Policy(CONFIG)  # boot_timeout 30
+    policy.decide(observe(0, pool(ready=["vm-1"], off=["vm-2"]), depth=80))
+    vms = pool(ready=["vm-1"], booting=["vm-2"])
+    policy.decide(observe(10, vms, depth=80))
+    for now in (20, 30, 40):  # 30 s without the consumer list: they do not count
+        unknown = policy.decide(observe(now, vms, depth=80, consumers_known=False, degraded=True))
+        assert ("vm-2", DESTROY) not in actions(unknown)
+    assert ("vm-2", DESTROY) not in actions(policy.decide(observe(59, vms, depth=80)))
+    assert ("vm-2", DESTROY) in actions(policy.decide(observe(60, vms, depth=80))), "30 s counted"
+
+
+@pytest.mark.parametrize("blind", [dict(degraded=True), dict(depth=None), dict(consumers_known=False)])
+def test_the_idle_to_zero_clock_does_not_run_on_a_partial_reading(blind):
+    config = PolicyConfig(min_vms=0, max_vms=2, scale_down_stabilization=10, idle_to_zero=100)
+    policy = Policy(config)
+    vms = pool(ready=["vm-1"], off=["vm-2"], cpu=0.0)
+    fields = {"depth": 0, **blind}
+    if "consumers_known" in blind:
+        fields["degraded"] = True  # the loop marks a tick without the consumer list degraded
+    for now in range(0, 300, 10):
+        decision = policy.decide(observe(now, vms, **fields))
+        assert actions(decision) == [], (now, decision.reason)
+    assert policy.idle_since is None
+    policy.decide(observe(300, vms))
+    assert actions(policy.decide(observe(399, vms))) == [], "the idle clock started afresh at 300"
+    assert policy.decide(observe(400, vms)).signals["ready"] == 1
+    assert actions(policy.decide(observe(410, vms))) == [("vm-1", SHUTDOWN)], "idle 100 s, stable 10 s"
+
+
+def test_a_partial_reading_of_an_empty_queue_starts_no_vm_in_a_pool_at_zero():
+    policy = Policy(PolicyConfig(min_vms=0, max_vms=2))
+    idle = pool(off=["vm-1", "vm-2"])
+    assert actions(policy.decide(observe(0, idle, depth=0, degraded=True))) == []
+    assert actions(policy.decide(observe(5, idle, depth=40, degraded=True))) == [("vm-1", START)], (
+        "the ready count alone still asks for VMs"
+    )
 
 
 def test_impossible_configuration_is_reported():
