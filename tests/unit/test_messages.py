@@ -85,3 +85,11 @@ def test_consumer_tag_carries_the_worker_name():
 
     assert worker_from_consumer_tag(worker_consumer_tag("vm-1:odd", "ab12")) == "vm-1:odd"
     assert worker_from_consumer_tag("ctag1.abc") is None
+
+
+def test_a_collector_tag_is_never_read_as_a_worker():
+    from virtscale.naming import collector_consumer_tag, connection_name, worker_from_consumer_tag
+
+    assert collector_consumer_tag("host-1", "ab12") == "virtscale-collector:host-1:ab12"
+    assert worker_from_consumer_tag(collector_consumer_tag("host-1", "ab12")) is None
+    assert connection_name("worker", "vm-1", "licenses") == "virtscale-worker vm-1 licenses"
