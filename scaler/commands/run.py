@@ -36,7 +36,6 @@ examples:
   virtscale-scaler run --dry-run --once
   virtscale-scaler run --min 1 --max 6 --slo 30 --events var/events.jsonl --metrics-port 9108
   virtscale-scaler run --connect qemu+ssh://host-1/system --connect qemu+ssh://host-2/system
-  virtscale-scaler run --metrics-port 9108 --metrics-address 10.0.0.2   # scraped from another host
 """
 
 log = logging.getLogger(__name__)
