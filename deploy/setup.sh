@@ -13,6 +13,9 @@ APT_PACKAGES=(
   # promtool, which the tests use on the alert rules and a live scrape. Under systemd Debian's
   # package also starts a Prometheus server on :9090; no virtscale component uses that port.
   prometheus
+  # The guest's Python packages, so a test runs the worker as the VM image does (Debian's
+  # python3-pika 1.2, python3-bcrypt, python3-tenacity, nothing from the virtualenv).
+  python3-pika python3-bcrypt python3-tenacity
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -512,8 +512,10 @@ def debian_packages_present() -> bool:
 def test_the_worker_runs_on_debian_12_packages_alone(broker_url, names, processes, tmp_path):
     """As in the VM image: /usr/bin/python3 with python3-pika 1.2, python3-bcrypt and
     python3-tenacity, the code laid out as installed, nothing from the virtualenv."""
-    if not os.path.exists(DEBIAN_PYTHON) or not debian_packages_present():
-        pytest.skip("needs Debian 12's python3-pika 1.2, python3-bcrypt and python3-tenacity")
+    require(
+        os.path.exists(DEBIAN_PYTHON) and debian_packages_present(),
+        "Debian 12's python3-pika 1.2, python3-bcrypt and python3-tenacity (deploy/setup.sh)",
+    )
     root = Path(__file__).resolve().parents[2]
     shutil.copytree(
         root / "virtscale", tmp_path / "opt" / "virtscale", ignore=shutil.ignore_patterns("__pycache__")
