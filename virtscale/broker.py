@@ -143,7 +143,12 @@ def _blocking_call(
             log.debug("closing %s: %s", redact_url(url), describe(exc))
 
 
-def declare_topology(url: str, names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT) -> None:
+def declare_topology(
+    url: str,
+    names: QueueNames,
+    delivery_limit: int = defaults.DELIVERY_LIMIT,
+    connection_name: str = "virtscale",
+) -> None:
     """Declare the queues of virtscale.topology_spec (idempotent; needs configure rights)."""
 
     def declare(channel) -> None:
@@ -155,11 +160,11 @@ def declare_topology(url: str, names: QueueNames, delivery_limit: int = defaults
                 arguments=dict(queue.arguments),
             )
 
-    _blocking_call(url, declare)
+    _blocking_call(url, declare, connection_name)
     log.info("topology ready: %s, %s, %s", names.jobs, names.results, names.dead)
 
 
-def delete_topology(url: str, names: QueueNames) -> dict[str, int | None]:
+def delete_topology(url: str, names: QueueNames, connection_name: str = "virtscale") -> dict[str, int | None]:
     """Delete the queues and every message in them, the job queue first (so nothing is
     dead-lettered into a queue already gone). Returns how many messages each queue held when it
     was deleted, None for a queue that was not there."""
@@ -178,7 +183,7 @@ def delete_topology(url: str, names: QueueNames) -> dict[str, int | None]:
             held[queue.name] = channel.queue_delete(queue.name).method.message_count
         return held
 
-    return _blocking_call(url, delete)
+    return _blocking_call(url, delete, connection_name)
 
 
 def queue_counts(url: str, queue: str, connection_name: str = "virtscale") -> tuple[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 
 from virtscale import defaults, topology_spec
@@ -114,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: not confirmed; nothing deleted", file=sys.stderr)
             return 1
     configure_logging(args.log_level, args.log_format)
+    # Named in the management UI like every other virtscale connection.
+    connection_name = f"{PROG} {socket.gethostname()} {names.jobs}"
     try:
         if args.command == "declare":
-            declare_topology(url, names, args.delivery_limit)
+            declare_topology(url, names, args.delivery_limit, connection_name)
         else:
-            report_deleted(delete_topology(url, names))
+            report_deleted(delete_topology(url, names, connection_name))
     except (BrokerRefused, BrokerUnavailable) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
