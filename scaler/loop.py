@@ -162,7 +162,7 @@ class Scaler:
         """The queue reading; a refusal is logged as an error every tick, as it will not pass."""
         reading = self.monitor.read()
         if reading.refused:
-            log.error("the broker refuses the scaler, nothing is read: %s", reading.problem)
+            log.error("the broker refuses the scaler (fix the configuration): %s", reading.problem)
         return reading
 
     def _views(self, seen: DomainsSeen, reading: QueueReading, cpu: dict[str, float | None]):

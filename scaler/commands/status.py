@@ -16,7 +16,9 @@ from virtscale.scaler.policy import Policy, PolicyConfig
 
 DESCRIPTION = """\
 Print the pool's domains (state, CPU%, consuming) and the job queue (depth, rates, consumers)
-once, without changing anything. CPU% needs two samples, so this takes about a second."""
+once, without changing anything. CPU% needs two samples, so this takes about a second.
+A figure the broker or libvirt did not report shows as '?' and marks the reading [degraded];
+if the broker refuses the credentials (or the queue), status exits 1 with one line."""
 
 EXAMPLES = """\
 examples:

@@ -165,7 +165,9 @@ def test_refused_credentials_while_running_are_degraded_loud_and_remove_nothing(
         assert report.degraded and report.refused and event["refused"] is True
         assert any("refused the credentials" in problem for problem in event["problems"])
         errors = [
-            r for r in caplog.records if r.levelname == "ERROR" and "refuses the scaler" in r.getMessage()
+            r
+            for r in caplog.records
+            if r.levelname == "ERROR" and "refuses the scaler (fix the configuration)" in r.getMessage()
         ]
         assert len(errors) == tick, "an ERROR line every tick"
         assert acted(report, SHUTDOWN, DESTROY) == []
