@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from virtscale.config import OneLineParser
 from virtscale.console import start_console
 from virtscale.scaler.commands.checks import check_writable, port_number
-from virtscale.scaler.commands.pool import add_pool_options, connect_hypervisors, queue_monitor
+from virtscale.scaler.commands.pool import add_pool_options, check_broker, connect_hypervisors, queue_monitor
 from virtscale.scaler.live import LiveView
 from virtscale.scaler.loop import EventsFile, Scaler, TickReport
 from virtscale.scaler.metrics import ScalerMetrics
@@ -136,6 +136,7 @@ def prepare(parser: OneLineParser, args: argparse.Namespace) -> tuple[Scaler, Ti
     if args.metrics_port is not None:
         serve_metrics(parser, metrics, args.metrics_address or DEFAULT_METRICS_ADDRESS, args.metrics_port)
     hypervisors = connect_hypervisors(parser, args)
+    check_broker(parser, monitor)  # refused credentials: exit 1 now, not a degraded loop
     sinks = TickSinks(metrics, open_events(parser, args.events))
     scaler = Scaler(
         hypervisors, monitor, Policy(config), window=args.window, dry_run=args.dry_run, on_tick=sinks

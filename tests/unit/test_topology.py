@@ -170,7 +170,7 @@ def deletions(monkeypatch) -> list:
     """Calls of delete_topology, which here deletes nothing and reports what the queues held."""
     calls = []
 
-    def delete(url, names):
+    def delete(url, names, connection_name=None):
         calls.append(names)
         return {names.jobs: 3, names.results: 1, names.dead: None}
 
