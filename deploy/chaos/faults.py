@@ -23,7 +23,7 @@ DEAD_SECONDS = 5.0
 #: Every fault, in the order of the schedule.
 KINDS = (
     "cut-producer",
-    "bad-guest",
+    "stray-guest",
     "cut-collector",
     "kill-collector",
     "cut-management",
@@ -112,7 +112,7 @@ INJECTORS: dict[str, Callable[[System], str]] = {
     "restart-rabbitmq": restart_rabbitmq,
     "restart-libvirtd": restart_libvirtd,
     "destroy-vm": lambda system: "virsh destroy " + system.destroy_busy_vm(),
-    "bad-guest": lambda system: "started by hand: " + system.start_broken_guest(),
+    "stray-guest": lambda system: "started by hand: " + system.start_broken_guest(),
 }
 
 
@@ -124,6 +124,6 @@ def inject(kind: str, system: System) -> dict:
     except Exception as exc:
         detail = f"could not inject: {exc}"
     entry = {"kind": kind, "start": start, "end": time.time(), "detail": detail}
-    if kind == "bad-guest" and detail.startswith("started by hand: "):
+    if kind == "stray-guest" and detail.startswith("started by hand: "):
         entry["domain"] = detail.removeprefix("started by hand: ")
     return entry

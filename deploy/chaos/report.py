@@ -120,7 +120,7 @@ def has_capacity(event: dict, baseline: int) -> bool:
 
 def resolved_at(fault: dict, events: Sequence[dict]) -> float | None:
     """When the fault is over: its end; for a broken guest, when the scaler stopped that guest."""
-    if fault["kind"] != "bad-guest":
+    if fault["kind"] not in ("bad-guest", "stray-guest"):
         return fault["end"]
     domain = fault.get("domain")
     for event in events:

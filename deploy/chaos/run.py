@@ -4,7 +4,8 @@ lost, none was stored twice, and the scaler took no action on a degraded reading
 
 Everything runs apart from the machine's main broker: a RabbitMQ node of its own (AMQP 5690,
 management 15690, restarted as a fault), the queue `chaos`, the domains chaos-1..N plus one
-broken guest chaos-bad-1 (its worker's password is wrong). Every component reaches the broker
+broken guest chaos-0bad-1 (its worker's password is wrong), first in the scaler's start order, so
+that the scaler has to boot-timeout it, mark it failed and start another. Every component reaches the broker
 through a cuttable proxy of its own, the guests at 10.0.2.2:<proxy port>, the scaler's management
 API through one too. Ctrl-C stops everything and removes the domains.
 """
@@ -37,7 +38,9 @@ BIN = ROOT / ".venv" / "bin"
 OUT = ROOT / "var" / "chaos"
 URI = "qemu:///system"
 QUEUE = "chaos"
-PREFIX, BROKEN_PREFIX = "chaos-", "chaos-bad-"
+#: The broken guest's name sorts before chaos-1 (the scaler starts the lowest-numbered first), so
+#: the scaler's first start is the guest whose worker never consumes.
+PREFIX, BROKEN_PREFIX = "chaos-", "chaos-0bad-"
 POOL = "chaos-*"
 BROKEN = f"{BROKEN_PREFIX}1"
 #: Seconds between two health samples.
@@ -255,8 +258,23 @@ class Harness:
         self.wait(lambda _s: self.node.queue(QUEUE) is not None, 60, "the job queue's statistics")
         self.started = time.time()
         self.start_component("scaler")
+        self.log_fault(
+            {
+                "kind": "bad-guest",
+                "start": self.started,
+                "end": self.started,
+                "detail": f"{BROKEN} first to start, wrong password",
+                "domain": BROKEN,
+            }
+        )
         say(f"collector and scaler started (logs in {OUT}); waiting for a VM to consume")
-        return self.wait(lambda s: (s["job_consumers"] or 0) >= 1, 300, "a consuming VM")
+        timeout = self.args.boot_timeout + 300  # the broken guest's boot timeout, then a good boot
+        return self.wait(lambda s: (s["job_consumers"] or 0) >= 1, timeout, "a consuming VM")
+
+    def log_fault(self, entry: dict) -> None:
+        self.fault_log.append(entry)
+        with open(OUT / "faults.jsonl", "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
 
     def run_faults(self, load_started: float) -> None:
         kinds = tuple(self.args.faults.split(",")) if self.args.faults else faults.KINDS
@@ -265,9 +283,7 @@ class Harness:
                 return
             say(f"fault {planned.kind} at +{time.time() - load_started:.0f} s of load")
             entry = faults.inject(planned.kind, self)
-            self.fault_log.append(entry)
-            with open(OUT / "faults.jsonl", "a") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            self.log_fault(entry)
             say(f"fault {planned.kind} over after {entry['end'] - entry['start']:.0f} s: {entry['detail']}")
 
     def run_load(self) -> None:

@@ -11,7 +11,7 @@ import pytest
 from tests.support.deploy_scripts import load
 
 T0 = 1000.0
-RULES_BROKEN = "chaos-bad-1"
+RULES_BROKEN = "chaos-0bad-1"
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +140,8 @@ def test_a_broken_guest_is_resolved_when_the_scaler_stops_it(report, rules):
     assert report.recovery(broken, samples, events, rules)["whole_at"] == T0 + 141
     unresolved = report.recovery(broken, samples, events[:2], rules)
     assert unresolved["whole_at"] is None and unresolved["still_missing"] == ["the fault was never resolved"]
+    stray = fault("stray-guest", 45, 46, domain=RULES_BROKEN)
+    assert report.recovery(stray, samples, events, rules)["whole_at"] == T0 + 141
 
 
 def test_a_fault_never_recovered_from_says_what_is_still_missing(report, rules):
@@ -227,7 +229,7 @@ def test_the_schedule_spreads_every_fault_over_ten_minutes_of_load(faults):
 
 def test_a_short_run_gets_the_first_faults_that_fit(faults):
     planned = faults.schedule(
-        180, ("cut-workers", "restart-rabbitmq", "restart-libvirtd", "kill-scaler", "bad-guest")
+        180, ("cut-workers", "restart-rabbitmq", "restart-libvirtd", "kill-scaler", "stray-guest")
     )
     assert [p.kind for p in planned] == ["cut-workers", "restart-rabbitmq", "restart-libvirtd", "kill-scaler"]
     assert faults.schedule(90) == []
