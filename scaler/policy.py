@@ -294,9 +294,9 @@ class Policy:
         tick counts only if the broker sees it consume."""
         if vm.state not in ("running", UNKNOWN) or vm.name in self.draining:
             return False
-        if vm.consuming:
-            return True
-        return not consumers_known and vm.state == "running" and vm.name not in self.booting
+        if consumers_known:
+            return vm.consuming
+        return vm.state == "running" and vm.name not in self.booting
 
     def _coming(self, vm: VmView, now: float) -> bool:
         """A booting VM counts as coming capacity; one libvirt did not list this tick, only
@@ -326,7 +326,9 @@ class Policy:
             elif now - self.draining[name] >= self.config.drain_timeout:
                 actions.append(Action(name, DESTROY))
                 notes.append(f"{name} still up {self.config.drain_timeout:g}s after shutdown: destroy")
-                del self.draining[name]
+                # Still draining until libvirt shows it off: it is not capacity in this tick,
+                # and a destroy that failed is tried again after another drain timeout.
+                self.draining[name] = now
         for vm in obs.vms:
             if vm.name in self.draining:
                 continue
