@@ -152,6 +152,16 @@ def _idleness_rank(vm: VmView) -> float:
     return math.inf if vm.cpu is None else round(vm.cpu / VICTIM_CPU_STEP)
 
 
+#: The largest recommendation a signal gives: more VMs than any pool holds, so it still means
+#: "as many as allowed", while a quotient over a vanishing learned rate stays a number.
+MOST_VMS_RECOMMENDED = 1_000_000
+
+
+def whole_vms(quotient: float, rounding) -> int:
+    """``rounding(quotient)`` VMs, capped at MOST_VMS_RECOMMENDED (an infinite quotient too)."""
+    return int(min(rounding(min(quotient, MOST_VMS_RECOMMENDED)), MOST_VMS_RECOMMENDED))
+
+
 def natural_key(name: str) -> tuple:
     """vm-2 before vm-10."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
@@ -249,10 +259,10 @@ class Policy:
             per_vm = (
                 rate * self.config.slo * self.config.drain_fraction if rate else self.config.target_backlog
             )
-            backlog = math.ceil(obs.depth / per_vm - ROUNDING_SLACK)
+            backlog = whole_vms(obs.depth / per_vm - ROUNDING_SLACK, math.ceil)
         throughput = None
         if obs.arrival_rate is not None and rate:
-            throughput = math.floor(self.arrival_rate / rate + ROUNDING_SLACK)
+            throughput = whole_vms(self.arrival_rate / rate + ROUNDING_SLACK, math.floor)
         cpu = self._cpu_rule(ready, current, obs.now) if throughput is None else None
         return {"backlog": backlog, "throughput": throughput, "cpu": cpu}
 

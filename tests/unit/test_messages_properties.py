@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import string
 
-import pytest
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -113,12 +112,6 @@ def test_any_json_value_is_a_message_or_refused(value, ensure_ascii):
 VALID_JOB = {"id": "0c3fa49e-5d38-4a4e-9a4c-8b7f1e1d2a10", "license": "KL-07-AB-1234", "produced_at": 1.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="virtscale/messages.py _load_object: 'unexpected field(s)' repeats each unexpected "
-    "field name (up to 40 characters) as it is, newlines included",
-)
 @PROPERTY
 @given(value=messages_like, ensure_ascii=st.booleans())
 @example(value={**VALID_JOB, "x\nWARNING forged log line": 1}, ensure_ascii=True)
@@ -195,12 +188,6 @@ def test_a_refusal_never_repeats_the_license(case):
     never_repeated(case)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="virtscale/messages.py _load_object: 'unexpected field(s)' repeats a field name, "
-    "and one that is the license (a license number used as a key) is repeated whole",
-)
 @settings(PROPERTY, phases=[Phase.explicit])
 @given(case=jobs_with_one_fault())
 @example(case=("KL-07-AB-1234", json.dumps({**VALID_JOB, "KL-07-AB-1234": "KL-07-AB-1234"}).encode()))
@@ -217,12 +204,6 @@ def job_body_with(**fields) -> bytes:
     return json.dumps({**VALID_JOB, **fields}).encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="virtscale/messages.py _load_object catches ValueError from json.loads, but JSON "
-    "nested about 1000 deep (well within MAX_BODY_BYTES) raises RecursionError",
-)
 @KNOWN
 @given(body=st.binary())
 @example(body=b"[" * 4000)
@@ -231,12 +212,6 @@ def test_any_bytes_are_a_message_or_refused_even_deeply_nested(body):
     parsed_or_refused(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="virtscale/messages.py _check_time: math.isfinite(int) raises OverflowError for an "
-    "integer beyond float range (JSON allows 1 followed by 400 zeros)",
-)
 @KNOWN
 @given(body=st.binary())
 @example(body=job_body_with(produced_at=10**400))

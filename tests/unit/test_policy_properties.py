@@ -352,12 +352,6 @@ SUBNORMAL_ACK_RATE_RUN = Run(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="Policy.recommend: math.ceil(depth / per_vm) and math.floor(arrivals / rate) raise "
-    "OverflowError when the learned per-VM rate is tiny (ack rate 5e-324 jobs/s)",
-)
 @PROPERTY
 @given(run=runs(rates=ANY_RATES))
 @example(run=SUBNORMAL_ACK_RATE_RUN)
