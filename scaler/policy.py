@@ -215,7 +215,7 @@ class Policy:
         wanted = max((value for value in recommendations.values() if value is not None), default=current)
         floor = self._floor(obs, current)
         desired = min(max(wanted, floor), self.config.max_vms)
-        stabilized = self._stabilize(obs.now, desired, current)
+        stabilized = self._stabilize(obs.now, desired, current, obs.complete)
         signals = {
             "ready": len(ready),
             "booting": len(booting),
@@ -227,16 +227,14 @@ class Policy:
         if desired > current:
             target = desired
             actions += self._scale_up(obs, vms, current, desired, notes)
-        elif stabilized < current:
+        elif stabilized < current:  # only on a complete tick: an incomplete one records no dip
             target = stabilized
-            if not obs.complete:
-                target = current
-                notes.append("signals missing: no scale-down")
-            else:
-                actions += self._scale_down(obs, ready, booting, notes)
+            actions += self._scale_down(obs, ready, booting, notes)
         else:
             target = current
-            if desired < current:
+            if desired < current and not obs.complete:
+                notes.append("signals missing: no scale-down")
+            elif desired < current:
                 notes.append(
                     f"holding {current}: want {desired} for less than "
                     f"{self.config.scale_down_stabilization:g}s"
@@ -428,13 +426,14 @@ class Policy:
             return 0
         return 1
 
-    def _stabilize(self, now: float, desired: int, current: int) -> int:
+    def _stabilize(self, now: float, desired: int, current: int, complete: bool) -> int:
         """The highest recommendation of the stabilization window: a dip must last to count.
         A scaler that just started counts what is running as its first recommendation, so a
-        restart never removes VMs before a full window of evidence."""
+        restart never removes VMs before a full window of evidence. An incomplete tick records
+        no dip either: a scale-down must rest on a whole window of complete readings."""
         if not self._history:
             self._history.append((now, max(desired, current)))
-        self._history.append((now, desired))
+        self._history.append((now, desired if complete else max(desired, current)))
         while self._history and now - self._history[0][0] > self.config.scale_down_stabilization:
             self._history.popleft()
         return max(value for _when, value in self._history)

@@ -250,6 +250,17 @@ def test_an_unseen_vm_blocks_scale_down_even_on_a_tick_not_marked_degraded():
     assert "no scale-down" in decision.reason
 
 
+def test_a_dip_seen_only_on_incomplete_ticks_does_not_count_towards_the_window():
+    policy = Policy(CONFIG)  # scale_down_stabilization 60
+    vms = pool(ready=["vm-1", "vm-2"], cpu=1.0)
+    for now in range(0, 70, 10):  # 60 s with no depth and no consumer list
+        blind = policy.decide(observe(now, vms, depth=None, consumers_known=False, degraded=True))
+        assert actions(blind) == [], (now, blind.reason)
+    for now in range(70, 130, 10):
+        assert actions(policy.decide(observe(now, vms))) == [], f"the dip was seen from 70 only, at {now}"
+    assert actions(policy.decide(observe(130, vms))) == [("vm-2", SHUTDOWN)], "a whole complete window"
+
+
 def test_the_boot_clock_stops_while_the_consumer_list_is_missing():
     policy = Policy(CONFIG)  # boot_timeout 30
     policy.decide(observe(0, pool(ready=["vm-1"], off=["vm-2"]), depth=80))
