@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.rule import Rule
@@ -28,6 +27,7 @@ from rich.text import Text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from virtscale.scaler.live import domain_table as live_domain_table  # noqa: E402
 from virtscale.scaler.plots import plot_events  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
@@ -150,13 +150,8 @@ def one_line(text: str, style: str = "") -> Text:
 
 
 def domain_table(event: dict) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for heading, justify in (("VM", "left"), ("state", "left"), ("CPU", "right"), ("consuming", "left")):
-        table.add_column(heading, justify=justify, no_wrap=True, overflow="ellipsis")
-    for name, domain in sorted(event["domains"].items()):
-        cpu = "" if domain.get("cpu") is None else f"{domain['cpu']:.0f}%"
-        table.add_row(name, domain["state"], cpu, "yes" if domain.get("consuming") else "")
-    return table
+    """The scaler's own live-view table: a VM the policy counts as booting shows as booting."""
+    return live_domain_table(event["domains"], (event.get("signals") or {}).get("booting_vms") or ())
 
 
 def tick_lines(event: dict, started: float) -> list[Text]:
@@ -196,7 +191,7 @@ def live_line(event: dict, started: float) -> str:
     vms = " ".join(
         f"{name}:{d['state'][:3]}"
         + (f"/{d['cpu']:.0f}%" if d.get("cpu") is not None else "")
-        + ("*" if d.get("consuming") else "")
+        + {True: "*", None: "?"}.get(d.get("consuming"), "")
         for name, d in sorted(event["domains"].items())
     )
     actions = ", ".join(f"{a['action']} {a['domain']}" for a in event["actions"])

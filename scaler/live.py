@@ -26,6 +26,7 @@ from rich.text import Text
 
 from virtscale.config import scrub_licenses
 from virtscale.scaler.loop import TickReport
+from virtscale.scaler.policy import UNKNOWN
 
 #: Log lines shown above the status: enough for the last few ticks' decisions and a warning.
 LOG_LINES = 6
@@ -98,30 +99,25 @@ def _queue_line(report: TickReport) -> Text:
 
 
 def _domain_table(report: TickReport) -> Table:
+    return domain_table(report.domains(), report.decision.signals.get("booting_vms") or ())
+
+
+def domain_table(domains: dict[str, dict], booting_vms: Iterable[str] = ()) -> Table:
+    """One row per domain of a tick's ``domains`` map (TickReport.domains(), or an event's
+    "domains"): a running domain the decision counts as booting shows as booting, a reading
+    that is missing as "?"."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("domain", no_wrap=True, overflow="ellipsis", max_width=32)
     table.add_column("state", no_wrap=True, overflow="ellipsis")
     table.add_column("cpu%", justify="right", no_wrap=True)
     table.add_column("consuming", no_wrap=True)
-    booting = _booting(report.decision.signals)
-    for sample in sorted(report.samples, key=lambda s: s.name):
-        state = sample.state
-        if state == "running" and sample.name in booting:
+    booting = frozenset(booting_vms)
+    for name, domain in sorted(domains.items()):
+        state = domain.get("state", UNKNOWN)
+        if state == "running" and name in booting:
             state = "booting"  # what the policy counts it as: started, not consuming yet
-        consuming = sample.name in report.reading.consuming
-        table.add_row(
-            sample.name, state, fmt(report.cpu.get(sample.name), ".1f"), "yes" if consuming else "no"
-        )
+        table.add_row(name, state, fmt(domain.get("cpu"), ".1f"), yes_no(domain.get("consuming")))
     return table
-
-
-def _booting(signals: dict) -> frozenset[str]:
-    """The names of the domains the decision counts as booting, when its signals list them
-    (a count alone names no domain)."""
-    names = signals.get("booting_vms", signals.get("booting"))
-    if isinstance(names, (list, tuple, set, frozenset)):
-        return frozenset(str(name) for name in names)
-    return frozenset()
 
 
 def _decision(report: TickReport, dry_run: bool) -> RenderableType:
@@ -144,6 +140,11 @@ def _problem_lines(problems: list[str]) -> list[Text]:
     if len(problems) > PROBLEM_LINES:
         lines.append(Text(f"... and {len(problems) - PROBLEM_LINES} more problems (see the log)"))
     return lines
+
+
+def yes_no(flag: bool | None) -> str:
+    """Whether a domain consumes, for display: ``?`` when the consumer list was not read."""
+    return "?" if flag is None else "yes" if flag else "no"
 
 
 def fmt(value, spec: str = "") -> str:

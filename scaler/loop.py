@@ -81,8 +81,24 @@ class TickReport:
         """The broker refused the scaler's credentials or request: a configuration to fix."""
         return self.reading.refused
 
+    def domains(self) -> dict[str, dict]:
+        """Every pool domain of the tick by name: state, CPU% and whether its worker consumes
+        (None when the broker's consumer list was not read: unknown, not "no"). A domain libvirt
+        did not list this tick is there too, as UNKNOWN, rather than missing from the view."""
+        known = self.reading.consumers_known
+        domains = {
+            s.name: {
+                "state": s.state,
+                "cpu": None if self.cpu.get(s.name) is None else round(self.cpu[s.name], 1),
+                "consuming": s.name in self.reading.consuming if known else None,
+            }
+            for s in self.samples
+        }
+        for name in self.unseen:
+            domains.setdefault(name, {"state": UNKNOWN, "cpu": None, "consuming": None})
+        return domains
+
     def event(self) -> dict:
-        consuming = self.reading.consuming
         return {
             "time": round(self.time, 3),
             "depth": self.reading.depth,
@@ -91,14 +107,7 @@ class TickReport:
             "publish_rate": self.reading.publish_rate,
             "ack_rate": self.reading.ack_rate,
             "consumers": self.reading.consumers,
-            "domains": {
-                s.name: {
-                    "state": s.state,
-                    "cpu": None if self.cpu.get(s.name) is None else round(self.cpu[s.name], 1),
-                    "consuming": s.name in consuming,
-                }
-                for s in self.samples
-            },
+            "domains": self.domains(),
             "desired": self.decision.desired,
             "actions": [{"domain": a.domain, "action": a.action} for a in self.decision.actions],
             "reason": self.decision.reason,
@@ -122,6 +131,7 @@ class Scaler:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_tick: Callable[[TickReport], None] | None = None,
+        log_decisions: bool = True,
     ):
         self.hypervisors = hypervisors
         self.monitor = monitor
@@ -131,6 +141,8 @@ class Scaler:
         self.clock = clock
         self.wall_clock = wall_clock
         self.on_tick = on_tick
+        #: False for a scaler that only observes (status): its policy's decision means nothing.
+        self.log_decisions = log_decisions
         self._owner: dict[str, Hypervisor] = {}
         self._listings: dict[Hypervisor, Listing] = {}
 
@@ -152,7 +164,8 @@ class Scaler:
         report = TickReport(
             self.wall_clock(), reading, seen.samples, cpu, decision, problems, unseen=seen.unseen
         )
-        log.info("%s%s", "[dry-run] " if self.dry_run else "", decision.reason)
+        if self.log_decisions:
+            log.info("%s%s", "[dry-run] " if self.dry_run else "", decision.reason)
         self.act(report)
         if self.on_tick:
             self.on_tick(report)

@@ -10,7 +10,7 @@ import threading
 from virtscale import defaults
 from virtscale.config import OneLineParser
 from virtscale.scaler.commands.pool import add_pool_options, build_scaler
-from virtscale.scaler.live import fmt
+from virtscale.scaler.live import fmt, yes_no
 from virtscale.scaler.loop import TickReport
 from virtscale.scaler.policy import Policy, PolicyConfig
 
@@ -53,11 +53,22 @@ def show_status(parser: OneLineParser, args: argparse.Namespace) -> int:
         window=defaults.CPU_WINDOW,
         dry_run=True,
     )
+    scaler.log_decisions = False  # the throwaway policy's decision means nothing
     scaler.observe_domains()  # a first CPU sample, so the second can give a figure
     threading.Event().wait(SAMPLE_GAP)
     report = scaler.tick()
-    print(json.dumps(report.event(), indent=2) if args.json else status_table(report))
+    print(json.dumps(status_event(report), indent=2) if args.json else status_table(report))
     return 0
+
+
+#: The keys of a tick's event that belong to the decision: status's policy is never asked to act,
+#: so what it would decide is left out rather than shown as if a scaler had decided it.
+DECISION_KEYS = ("desired", "actions", "reason", "signals")
+
+
+def status_event(report: TickReport) -> dict:
+    """The tick's event as JSON output: what was observed, without a decision."""
+    return {key: value for key, value in report.event().items() if key not in DECISION_KEYS}
 
 
 def status_table(report: TickReport) -> str:
@@ -69,11 +80,9 @@ def status_table(report: TickReport) -> str:
         f"consumers {fmt(reading.consumers)}" + ("  [degraded]" if report.degraded else ""),
         f"{'domain':<16} {'state':<14} {'cpu%':>6} consuming",
     ]
-    for sample in sorted(report.samples, key=lambda s: s.name):
-        cpu = report.cpu.get(sample.name)
+    for name, domain in sorted(report.domains().items()):
         lines.append(
-            f"{sample.name:<16} {sample.state:<14} {fmt(cpu, '.1f'):>6} "
-            f"{'yes' if sample.name in reading.consuming else 'no'}"
+            f"{name:<16} {domain['state']:<14} {fmt(domain['cpu'], '.1f'):>6} {yes_no(domain['consuming'])}"
         )
     lines += [f"problem: {problem}" for problem in report.problems + report.failed_actions]
     return "\n".join(lines)

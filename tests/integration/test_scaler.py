@@ -256,3 +256,4 @@ def test_status_prints_the_pool_and_the_queue_once(broker_url, names, management
     assert lines[0].startswith("queue: depth 0")
     assert [line.split()[:2] for line in lines[2:6]] == [[name, "shutoff"] for name in POOL]
     assert "database" not in run.stdout and "decision" not in run.stdout
+    assert "want " not in run.stdout + run.stderr, "status's throwaway policy decides nothing to show"

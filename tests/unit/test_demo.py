@@ -139,7 +139,7 @@ def test_no_line_of_the_view_is_wider_than_80_columns(demo):
 def test_the_view_keeps_log_lines_above_the_table_and_says_how_to_stop(demo):
     lines = rendered(demo, [event(*TWO, depth=5)])
     assert lines[0] == LOG[0]
-    assert lines.index(LOG[0]) < next(i for i, line in enumerate(lines) if line.startswith("VM "))
+    assert lines.index(LOG[0]) < next(i for i, line in enumerate(lines) if line.startswith("domain "))
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "\n".join(lines))
     assert "terminate" in lines[-1]
     assert "Ctrl-C" in lines[-1]
@@ -193,3 +193,15 @@ def test_the_summary_lists_the_figures_and_each_vm_action(demo):
     assert "stored: 10 (duplicates ignored 0), dead-lettered: 1" in lines
     assert lines[-1] == "      40s  start    vm-2  (backlog high)"
     assert "stored" not in "".join(demo.summary_lines(events, STARTED, "not run", None))
+
+
+def test_the_table_shows_booting_vms_unseen_ones_and_an_unread_consumer_list_as_the_scaler_does(demo):
+    tick = event(*TWO, depth=5)
+    tick["signals"] = {"booting_vms": ["vm-2"]}
+    tick["domains"]["vm-1"]["consuming"] = None
+    tick["domains"]["vm-4"] = {"state": "unknown", "cpu": None, "consuming": None}
+    table = {line.split()[0]: line.split()[1:] for line in rendered(demo, [tick]) if line.startswith("vm-")}
+    assert table["vm-1"] == ["running", "50.0", "?"]
+    assert table["vm-2"][0] == "booting", "the policy counts it as booting, not running"
+    assert table["vm-4"] == ["unknown", "?", "?"]
+    assert "vm-1:run/50%?" in demo.live_line(tick, STARTED)

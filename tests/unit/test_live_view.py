@@ -79,7 +79,7 @@ def test_log_lines_and_the_stop_hint_are_part_of_the_view_above_and_below_the_st
 
 
 def test_a_running_domain_the_decision_counts_as_booting_is_shown_as_booting():
-    booting = "\n".join(rendered(render(report(signals={"booting": ["vm-2"]}), dry_run=False)))
+    booting = "\n".join(rendered(render(report(signals={"booting_vms": ["vm-2"]}), dry_run=False)))
     assert [line.split()[:2] for line in booting.splitlines() if line.startswith("vm-")] == [
         ["vm-1", "running"],
         ["vm-2", "booting"],
@@ -126,3 +126,32 @@ def test_log_records_go_into_the_view_scrubbed_and_back_to_the_log_handlers_on_e
     assert [record.getMessage() for record in kept.records] == ["odd license AB-12-CD-3456"], (
         "replayed as they were: the log handlers' own formatters scrub"
     )
+
+
+def blind_report() -> TickReport:
+    """vm-1..3 as listed, vm-4 unseen by libvirt, and the broker's consumer list missing."""
+    samples = [
+        DomainSample(name, "test:///default", "running", 1, 0, 1, 0.0) for name in ("vm-1", "vm-2", "vm-3")
+    ]
+    reading = QueueReading(40, 2, None, 3.5, 3.0, consumers_known=False, degraded=True)
+    decision = Decision(3, (), "want 3 -> 3", {"booting_vms": []})
+    return TickReport(
+        WHEN, reading, samples, {"vm-1": 50.0}, decision, ["consumers missing"], unseen=["vm-4"]
+    )
+
+
+def test_a_missing_consumer_list_and_an_unseen_domain_are_shown_as_unknown_not_as_absent():
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in rendered(render(blind_report(), dry_run=False))
+        if line.startswith("vm-")
+    }
+    assert rows["vm-1"] == ["running", "50.0", "?"], "not 'no': the consumer list was not read"
+    assert rows["vm-4"] == ["unknown", "?", "?"]
+
+
+def test_the_event_says_null_for_what_was_not_read_and_lists_unseen_domains():
+    domains = blind_report().event()["domains"]
+    assert domains["vm-2"] == {"state": "running", "cpu": None, "consuming": None}
+    assert domains["vm-4"] == {"state": "unknown", "cpu": None, "consuming": None}
+    assert report().event()["domains"]["vm-2"]["consuming"] is False, "a list that was read says no"
