@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import math
 
 from virtscale.config import add_logging_options, add_version_option
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Print a load trace (CSV: time,rate) made from the publish rates a live scaler recorded in its
@@ -42,9 +45,15 @@ def add_parser(commands) -> None:
 def print_trace(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Print `time,rate` from the publish rates a live scaler recorded, one row per tick."""
     try:
-        rows = trace_rows(read_events(args.events))
+        rows, missing = trace_rows(read_events(args.events))
     except EventsError as exc:
         parser.error(str(exc))
+    if not rows:
+        parser.error(f"{args.events}: no event has a publish rate; there is no load to trace")
+    if missing:
+        log.warning(
+            "%s: %d tick(s) without a publish rate left out; the rate before each holds", args.events, missing
+        )
     print("time,rate")
     for when, rate in rows:
         print(f"{when},{rate}")
@@ -86,14 +95,20 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def trace_rows(events: list[tuple[float, float | None]]) -> list[tuple[float, float]]:
-    """Seconds since the first event and the rate then (0.0 where none was read); an event not
-    after the last one kept is skipped, as a trace's times must increase."""
+def trace_rows(events: list[tuple[float, float | None]]) -> tuple[list[tuple[float, float]], int]:
+    """Seconds since the first event and the rate then, and how many ticks had no rate. A tick
+    without a rate gives no row, so the rate before it holds (a trace holds each rate until the
+    next row) rather than becoming 0; an event not after the last one kept is skipped, as a
+    trace's times must increase."""
     start = events[0][0]
     rows: list[tuple[float, float]] = []
+    missing = 0
     for time, rate in events:
         when = round(time - start, 3)
+        if rate is None:
+            missing += 1
+            continue
         if rows and when <= rows[-1][0]:
             continue
-        rows.append((when, 0.0 if rate is None else round(rate, 4)))
-    return rows
+        rows.append((when, round(rate, 4)))
+    return rows, missing

@@ -109,12 +109,23 @@ def test_events_file_becomes_a_replayable_trace(tmp_path):
         )
         + "\n"
     )
-    trace = run_module("scaler", "trace", str(events), timeout=60, check=True).stdout
-    assert trace.splitlines() == ["time,rate", "0,0.0", "5,4.0", "10,8.0", "15,0.0", "20,2.0"]
+    run = run_module("scaler", "trace", str(events), timeout=60, check=True)
+    trace = run.stdout
+    # The tick without a rate is no row: 8.0 holds until 20, rather than a made-up 0.
+    assert trace.splitlines() == ["time,rate", "0,0.0", "5,4.0", "10,8.0", "20,2.0"]
+    warnings = [line for line in run.stderr.splitlines() if "without a publish rate" in line]
+    assert len(warnings) == 1 and "1 tick(s)" in warnings[0], run.stderr
     path = tmp_path / "trace.csv"
     path.write_text(trace)
     replay = run_module("scaler", "simulate", "--trace", str(path), "--json", timeout=60, check=True).stdout
     assert json.loads(replay)["load"] == str(path)
+
+
+def test_an_events_file_without_any_publish_rate_is_refused_with_one_line(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"time": 1000, "publish_rate": None}) + "\n")
+    run = run_module("scaler", "trace", str(events), timeout=60)
+    assert run.returncode == 2 and "no event has a publish rate" in run.stderr and run.stdout == ""
 
 
 def test_the_shutdown_delay_default_is_the_documented_one():
