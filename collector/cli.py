@@ -9,7 +9,8 @@ import socket
 import sys
 
 from virtscale import defaults
-from virtscale.broker import BrokerRefused, BrokerUnavailable, check_url, queue_counts
+from virtscale.broker import BrokerRefused, BrokerUnavailable, queue_counts
+from virtscale.cli_support import resolve_and_check_amqp_url
 from virtscale.collector.consumer import Collector
 from virtscale.collector.store import Store, StoreError, StoreFailed, StoreMissing
 from virtscale.config import (
@@ -19,7 +20,6 @@ from virtscale.config import (
     positive_float,
     positive_int,
     queue_names,
-    resolve_amqp_url,
 )
 from virtscale.naming import connection_name
 
@@ -95,11 +95,7 @@ def print_stats(store: Store, url: str, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    url = resolve_amqp_url(parser, args)
-    try:
-        check_url(url)
-    except BrokerRefused as exc:
-        parser.error(str(exc))
+    url = resolve_and_check_amqp_url(parser, args)
     try:
         store = Store(args.store, create=args.command == "run")
     except StoreMissing as exc:
@@ -111,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stats":
         try:
             return print_stats(store, url, args)
+        except StoreError as exc:
+            parser.error(str(exc))
         finally:
             store.close()
     collector = Collector(

@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
+#: The columns the collector writes and stats reads, table by table (a file with tables of
+#: these names but other columns is not a virtscale store).
+COLUMNS = {
+    "hashes": {"id", "hash", "worker", "produced_at", "hashed_at", "hash_ms", "stored_at"},
+    "counters": {"name", "value"},
+}
 
 #: Seconds a write waits for another connection's lock before it fails (SQLite's busy timeout).
 BUSY_TIMEOUT = 30.0
@@ -87,8 +93,7 @@ class Store:
         try:
             if create:
                 self._set_up()
-            else:
-                self._check()
+            self._check()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             reason = "it is not a SQLite database" if "not a database" in str(exc) else exc
@@ -102,9 +107,14 @@ class Store:
 
     def _check(self) -> None:
         tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        missing = {"hashes", "counters"} - tables
+        missing = set(COLUMNS) - tables
         if missing:
             raise sqlite3.DatabaseError(f"no {', '.join(sorted(missing))} table: not a virtscale store")
+        for table, needed in COLUMNS.items():
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if not needed <= columns:
+                lacking = ", ".join(sorted(needed - columns))
+                raise sqlite3.DatabaseError(f"table {table} has no {lacking} column: not a virtscale store")
 
     def close(self) -> None:
         self._db.close()
@@ -134,7 +144,14 @@ class Store:
         return stored, duplicates
 
     def stats(self) -> dict:
-        """Stored, duplicates ignored, latency percentiles (produced -> hashed) and per worker."""
+        """Stored, duplicates ignored, latency percentiles (produced -> hashed) and per worker.
+        StoreError if the store cannot be read (locked, corrupt)."""
+        try:
+            return self._stats()
+        except sqlite3.Error as exc:
+            raise StoreError(f"--store cannot be read: {exc}") from None
+
+    def _stats(self) -> dict:
         latencies = np.array(
             [row[0] for row in self._db.execute("SELECT hashed_at - produced_at FROM hashes")],
             dtype=float,

@@ -13,6 +13,7 @@ import sys
 
 from virtscale import defaults
 from virtscale.broker import BrokerRefused
+from virtscale.cli_support import resolve_and_check_amqp_url
 from virtscale.config import (
     OneLineParser,
     add_common_options,
@@ -22,7 +23,6 @@ from virtscale.config import (
     positive_float,
     positive_int,
     queue_names,
-    resolve_amqp_url,
 )
 from virtscale.console import start_console
 from virtscale.load import ProfileSpec, profile_rate
@@ -149,7 +149,7 @@ def delta_setter(producer: Producer):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    url = resolve_amqp_url(parser, args)
+    url = resolve_and_check_amqp_url(parser, args)
     rate, duration = pacing_from(parser, args)
     configure_logging(args.log_level, args.log_format)
     producer = Producer(

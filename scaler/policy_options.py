@@ -6,8 +6,34 @@ from __future__ import annotations
 import argparse
 
 from virtscale import defaults
-from virtscale.config import non_negative_float, non_negative_int, positive_float, positive_int
+from virtscale.config import (
+    MAX_IDLE_TO_ZERO,
+    MAX_SECONDS,
+    MAX_VMS,
+    MIN_INTERVAL,
+    bounded_float,
+    bounded_int,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from virtscale.scaler.policy import PolicyConfig
+
+#: The SECONDS flags' types: each bounded (config.py holds the bounds) so that no value can
+#: overflow a wait or make a tick loop that never ends.
+SECONDS = bounded_float(0, MAX_SECONDS)
+POSITIVE_SECONDS = bounded_float(0, MAX_SECONDS, low_open=True)
+IDLE_SECONDS = bounded_float(0, MAX_IDLE_TO_ZERO)
+_INTERVAL = bounded_float(MIN_INTERVAL, MAX_SECONDS)
+
+
+def interval_seconds(text: str) -> float:
+    """--interval: above 0 (said first, as for every other time), at least MIN_INTERVAL."""
+    POSITIVE_SECONDS(text)
+    return _INTERVAL(text)
+
+
+interval_seconds.high = MAX_SECONDS
 
 
 def percent(text: str) -> float:
@@ -29,7 +55,7 @@ def _add_size_options(group, config: PolicyConfig) -> None:
     group.add_argument(
         "--min",
         dest="min_vms",
-        type=non_negative_int,
+        type=bounded_int(0, MAX_VMS),
         default=config.min_vms,
         metavar="N",
         help="fewest VMs; 0 allows scale to zero (default: %(default)s)",
@@ -37,10 +63,10 @@ def _add_size_options(group, config: PolicyConfig) -> None:
     group.add_argument(
         "--max",
         dest="max_vms",
-        type=positive_int,
+        type=bounded_int(1, MAX_VMS),
         default=config.max_vms,
         metavar="N",
-        help="most VMs (default: %(default)s)",
+        help=f"most VMs, at most {MAX_VMS} (default: %(default)s)",
     )
     group.add_argument(
         "--max-start-per-tick",
@@ -54,7 +80,7 @@ def _add_size_options(group, config: PolicyConfig) -> None:
 def _add_signal_options(group, config: PolicyConfig) -> None:
     group.add_argument(
         "--slo",
-        type=positive_float,
+        type=POSITIVE_SECONDS,
         default=config.slo,
         metavar="SECONDS",
         help="seconds a job may wait; the backlog signal plans for it (default: %(default)s)",
@@ -86,35 +112,40 @@ def _add_signal_options(group, config: PolicyConfig) -> None:
 def _add_timing_options(group, config: PolicyConfig) -> None:
     """Cooldowns and timeouts, and the tick and CPU window the signals are read over."""
     for flag, kind, default, text in (
-        ("--scale-up-cooldown", non_negative_float, config.scale_up_cooldown, "between scale-ups"),
+        ("--scale-up-cooldown", SECONDS, config.scale_up_cooldown, "between scale-ups"),
         (
             "--scale-down-stabilization",
-            non_negative_float,
+            SECONDS,
             config.scale_down_stabilization,
             "a lower recommendation must hold before VMs go",
         ),
         (
             "--boot-timeout",
-            positive_float,
+            POSITIVE_SECONDS,
             config.boot_timeout,
             "a started VM has to consume before it is failed",
         ),
-        ("--drain-timeout", positive_float, config.drain_timeout, "after ACPI shutdown before destroy"),
+        ("--drain-timeout", POSITIVE_SECONDS, config.drain_timeout, "after ACPI shutdown before destroy"),
         (
             "--idle-to-zero",
-            non_negative_float,
+            IDLE_SECONDS,
             config.idle_to_zero,
             "of idle queue before the last VM goes (with --min 0)",
         ),
-        ("--interval", positive_float, defaults.SCALER_INTERVAL, "between ticks"),
-        ("--window", positive_float, defaults.CPU_WINDOW, "of CPU history averaged"),
+        (
+            "--interval",
+            interval_seconds,
+            defaults.SCALER_INTERVAL,
+            f"between ticks, at least {MIN_INTERVAL:g}",
+        ),
+        ("--window", POSITIVE_SECONDS, defaults.CPU_WINDOW, "of CPU history averaged"),
     ):
         group.add_argument(
             flag,
             type=kind,
             default=default,
             metavar="SECONDS",
-            help=f"seconds {text} (default: %(default)s)",
+            help=f"seconds {text} (at most {kind.high:.15g}; default: %(default)s)",
         )
 
 

@@ -14,13 +14,16 @@ import os
 import re
 import sys
 import urllib.parse
+from collections.abc import Callable
 from typing import NoReturn
 
 from virtscale import __version__, defaults
 from virtscale.naming import QueueNames
 
-#: What a license number looks like; used only to scrub it should one ever reach a log line.
-LICENSE_PATTERN = re.compile(r"\b[A-Z]{2}-\d{2}-[A-Z]{2}-\d{4}\b")
+#: Anything shaped like a license number (2 letters, 2 digits, 1-2 letters, 4 digits), in either
+#: case, the groups joined by dashes, spaces or nothing. A last resort only: no code path logs a
+#: license number; this scrubs one should it ever reach a log line by mistake.
+LICENSE_PATTERN = re.compile(r"\b[A-Z]{2}[- ]?\d{2}[- ]?[A-Z]{1,2}[- ]?\d{4}\b", re.IGNORECASE)
 
 QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 
@@ -71,6 +74,67 @@ def _number(text: str, kind: type) -> float | int:
     return value
 
 
+#: The bounds of the flags that could otherwise hang or overflow a command, in one place.
+DAY = 86_400.0
+#: Seconds flags of the scaler: interval, window, cooldowns, timeouts, delays.
+MAX_SECONDS = DAY
+#: --idle-to-zero may be long (a pool that rarely goes to zero), not unbounded.
+MAX_IDLE_TO_ZERO = 365 * DAY
+#: The simulator's horizon, and so every time in a profile it replays: 30 days.
+MAX_SIMULATED_SECONDS = 30 * DAY
+#: The shortest tick: shorter ones only add ticks (and a simulation that never finishes).
+MIN_INTERVAL = 0.1
+#: The largest pool the scaler manages or simulates, and the most slots per VM.
+MAX_VMS = 1000
+MAX_VCPUS = 256
+#: Deliveries of a job before it is dead-lettered (RabbitMQ's limit is a 32-bit integer).
+MAX_DELIVERY_LIMIT = 1000
+
+
+def bounded_float(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number from ``low`` (excluded with ``low_open``) to ``high``;
+    the bounds are on the returned function (``.low``, ``.high``) for help texts."""
+
+    def bounded(text: str) -> float:
+        value = _number(text, float)
+        if low_open and value <= low:
+            raise argparse.ArgumentTypeError(f"must be greater than {low:.15g}, got {text!r}")
+        if value < low:
+            what = "0 or more" if low == 0 else f"at least {low:.15g}"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:.15g}, got {text!r}")
+        return value
+
+    bounded.low, bounded.high = low, high
+    return bounded
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def bounded(text: str) -> int:
+        value = _number(text, int)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, got {text!r}")
+        return value
+
+    bounded.low, bounded.high = low, high
+    return bounded
+
+
+def from_variable(kind: Callable[[str], object], variable: str) -> Callable[[str], object]:
+    """``kind`` whose errors also name ``variable``, as the flag's default comes from it."""
+
+    def checked(text: str) -> object:
+        try:
+            return kind(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (the flag or {variable})") from None
+
+    return checked
+
+
 def queue_name(text: str) -> str:
     if not QUEUE_NAME_PATTERN.fullmatch(text):
         raise argparse.ArgumentTypeError(f"must be 1-200 letters, digits or . _ : -, got {text!r}")
@@ -113,7 +177,7 @@ def add_logging_options(parser: argparse.ArgumentParser, default_level: str = "I
     )
     parser.add_argument(
         "--log-format",
-        type=log_format,
+        type=from_variable(log_format, "VIRTSCALE_LOG_FORMAT"),
         metavar="FORMAT",
         default=os.environ.get("VIRTSCALE_LOG_FORMAT", "text"),
         help="text, or json: one object a line for journald and log shippers "
@@ -121,10 +185,20 @@ def add_logging_options(parser: argparse.ArgumentParser, default_level: str = "I
     )
 
 
+class _GivenUrl(argparse.Action):
+    """Stores --amqp-url and notes it was given as a flag: only then does a password in it win
+    over VIRTSCALE_AMQP_PASSWORD (the flag's default comes from VIRTSCALE_AMQP_URL)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.amqp_url_given = True
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """The flags every broker client takes: broker, queue, logging, version."""
     parser.add_argument(
         "--amqp-url",
+        action=_GivenUrl,
         metavar="URL",
         default=os.environ.get("VIRTSCALE_AMQP_URL", defaults.AMQP_URL),
         help="broker URL, amqp:// or amqps:// (env VIRTSCALE_AMQP_URL; default: %(default)s)",
@@ -138,7 +212,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--queue",
-        type=queue_name,
+        type=from_variable(queue_name, "VIRTSCALE_QUEUE"),
         metavar="QUEUE",
         default=os.environ.get("VIRTSCALE_QUEUE", defaults.QUEUE),
         help="job queue; results on QUEUE.hashed, dead letters on QUEUE.dead "
@@ -149,21 +223,20 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """The broker URL with its password from the file or environment, checked for shape."""
+    """The broker URL with its password, checked for shape. The password comes from
+    --password-file (flag or VIRTSCALE_AMQP_PASSWORD_FILE), else from an --amqp-url given as a
+    flag, else from VIRTSCALE_AMQP_PASSWORD, else from the URL in VIRTSCALE_AMQP_URL."""
     url = args.amqp_url
-    parts = urllib.parse.urlsplit(url)
     check_port(parser, "--amqp-url", url, "VIRTSCALE_AMQP_URL")
+    parts = split_url(parser, "--amqp-url", url, "VIRTSCALE_AMQP_URL")
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         parser.error(
             f"--amqp-url must look like amqp://user:password@host:5672/vhost, got {redact_url(url)!r}"
+            " (the flag or VIRTSCALE_AMQP_URL)"
         )
-    password = os.environ.get("VIRTSCALE_AMQP_PASSWORD")
-    if args.password_file:
-        try:
-            with open(args.password_file, encoding="utf-8") as handle:
-                password = handle.read().strip()
-        except OSError as exc:
-            parser.error(f"--password-file {args.password_file!r} cannot be read: {exc.strerror}")
+    password = file_password(parser, args.password_file)
+    if password is None and not (getattr(args, "amqp_url_given", False) and parts.password is not None):
+        password = os.environ.get("VIRTSCALE_AMQP_PASSWORD")
     if password is None:
         return url
     user = urllib.parse.quote(urllib.parse.unquote(parts.username or "guest"), safe="")
@@ -173,11 +246,45 @@ def resolve_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
+def file_password(parser: argparse.ArgumentParser, path: str | None) -> str | None:
+    """The password in --password-file, None without one; an empty name is an error."""
+    if path is None:
+        return None
+    source = "(the flag or VIRTSCALE_AMQP_PASSWORD_FILE)"
+    if not path:
+        parser.error(f"--password-file: the file name is empty {source}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        parser.error(f"--password-file {path!r} cannot be read: {exc.strerror or exc} {source}")
+    except UnicodeDecodeError:
+        parser.error(f"--password-file {path!r} cannot be read: not UTF-8 text {source}")
+
+
+def split_url(
+    parser: argparse.ArgumentParser, flag: str, url: str, variable: str | None = None
+) -> urllib.parse.SplitResult:
+    """``url`` split, its host and port read once so a malformed one (``http://[::1/``) is a
+    flag error here rather than a ValueError later."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.hostname, parts.port  # noqa: B018 - both raise ValueError on a malformed URL
+    except ValueError as exc:
+        source = f" (the flag or {variable})" if variable else ""
+        parser.error(f"{flag}: malformed URL {redact_url(url)!r}: {exc}{source}")
+    return parts
+
+
 def check_port(parser: argparse.ArgumentParser, flag: str, url: str, variable: str | None = None) -> None:
     """An explicit port in ``url`` must be 1-65535, checked at start-up (a bad one would fail only
     at the first connection); ``variable`` names the environment variable the flag may come from."""
     try:
-        port = urllib.parse.urlsplit(url).port
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return  # malformed beyond its port: split_url says so
+    try:
+        port = parts.port
     except ValueError:
         port = 0
     if port == 0:
@@ -187,9 +294,12 @@ def check_port(parser: argparse.ArgumentParser, flag: str, url: str, variable: s
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced, for log lines and error messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # malformed: keep only what cannot hold a password
+        return url.split("@", 1)[-1] if "@" in url else url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 

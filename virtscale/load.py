@@ -91,13 +91,15 @@ def load_trace(path: str) -> tuple[Rate, float]:
     and the trace's length in seconds (the last row's time)."""
     times: list[float] = []
     rates: list[float] = []
+    reader = None
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None or [column.strip() for column in header] != ["time", "rate"]:
                 raise TraceError(f"{path}: first line must be the header 'time,rate'")
-            for line_number, row in enumerate(reader, start=2):
+            for row in reader:
+                line_number = reader.line_num
                 if not row:
                     continue
                 try:
@@ -111,7 +113,13 @@ def load_trace(path: str) -> tuple[Rate, float]:
                 times.append(when)
                 rates.append(rate)
     except OSError as exc:
-        raise TraceError(f"{path}: cannot read: {exc.strerror}") from None
+        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        # Decoded ahead in blocks: the line after the last one read is where it was met.
+        where = reader.line_num + 1 if reader else 1
+        raise TraceError(f"{path}:{where}: not UTF-8 text, not a CSV trace") from None
+    except csv.Error as exc:  # a field over the csv module's limit (128 KiB), a NUL byte
+        raise TraceError(f"{path}:{reader.line_num}: not a CSV line: {exc}") from None
     if not times:
         raise TraceError(f"{path}: no rows after the header")
 

@@ -10,24 +10,35 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from virtscale.config import non_negative_float, positive_float
+from virtscale.config import MAX_SIMULATED_SECONDS, bounded_float
 from virtscale.load import PROFILES, ProfileSpec, Rate, TraceError, load_trace
 
 #: The profile parameters that have a flag of the same name (``--length`` only where asked).
 PROFILE_FLAGS = ("base", "peak", "start", "duration", "period", "length")
 
+#: Times are bounded by the simulator's horizon (a longer one could not be replayed anyway); a
+#: bursty period under a second would make a burst list of millions before the run starts.
+_TIME = bounded_float(0, MAX_SIMULATED_SECONDS)
+_DURATION = bounded_float(0, MAX_SIMULATED_SECONDS, low_open=True)
+_PERIOD = bounded_float(1, MAX_SIMULATED_SECONDS)
+_RATE = bounded_float(0, float("inf"))
+
 #: flag -> (type, metavar, help). Rates may be 0 (a profile with no base load); times may not.
 _FLAGS = {
-    "base": (non_negative_float, "JOBS/S", "rate outside the peak and bursts"),
-    "peak": (non_negative_float, "JOBS/S", "rate at the peak"),
+    "base": (_RATE, "JOBS/S", "rate outside the peak and bursts"),
+    "peak": (_RATE, "JOBS/S", "rate at the peak"),
     "start": (
-        non_negative_float,
+        _TIME,
         "SECONDS",
         "seconds before the step, spike or first burst; ramp: seconds to reach the peak",
     ),
-    "duration": (positive_float, "SECONDS", "seconds the peak (or each burst) lasts"),
-    "period": (positive_float, "SECONDS", "sine period; bursty: mean seconds between bursts"),
-    "length": (positive_float, "SECONDS", "seconds the whole profile runs"),
+    "duration": (_DURATION, "SECONDS", "seconds the peak (or each burst) lasts"),
+    "period": (_PERIOD, "SECONDS", "sine period; bursty: mean seconds between bursts (at least 1)"),
+    "length": (
+        _DURATION,
+        "SECONDS",
+        f"seconds the whole profile runs, at most {MAX_SIMULATED_SECONDS:.15g} (30 days)",
+    ),
 }
 
 
@@ -63,11 +74,19 @@ def add_load_options(
         )
     group.add_argument(
         "--trace",
+        type=trace_path,
         metavar="FILE",
         help="replay a load trace instead: CSV with the header time,rate "
         "(`virtscale-scaler trace` makes one from a run's --events file)",
     )
     return group
+
+
+def trace_path(text: str) -> str:
+    """--trace: a file name; an empty one is an error, not "no trace" (the default profile)."""
+    if not text:
+        raise argparse.ArgumentTypeError("the file name is empty")
+    return text
 
 
 def profile_spec(args: argparse.Namespace, base: ProfileSpec, **fixed) -> ProfileSpec:

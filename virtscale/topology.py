@@ -15,13 +15,14 @@ import sys
 
 from virtscale import defaults, topology_spec
 from virtscale.broker import BrokerRefused, BrokerUnavailable, declare_topology, delete_topology
+from virtscale.cli_support import resolve_and_check_amqp_url
 from virtscale.config import (
+    MAX_DELIVERY_LIMIT,
     OneLineParser,
     add_common_options,
+    bounded_int,
     configure_logging,
-    positive_int,
     queue_names,
-    resolve_amqp_url,
 )
 from virtscale.naming import QueueNames
 
@@ -58,10 +59,10 @@ def build_parser() -> OneLineParser:
     add_common_options(parser)
     parser.add_argument(
         "--delivery-limit",
-        type=positive_int,
+        type=bounded_int(1, MAX_DELIVERY_LIMIT),
         metavar="N",
         default=defaults.DELIVERY_LIMIT,
-        help="deliveries of a job before it is dead-lettered (default: %(default)s)",
+        help=f"deliveries of a job before it is dead-lettered, 1-{MAX_DELIVERY_LIMIT} (default: %(default)s)",
     )
     parser.add_argument(
         "--yes",
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "definitions":
         sys.stdout.write(definitions_text(names, args.delivery_limit))
         return 0
-    url = resolve_amqp_url(parser, args)
+    url = resolve_and_check_amqp_url(parser, args)
     if args.command == "delete" and not args.yes:
         if not sys.stdin.isatty():
             parser.error("delete removes the queues and their messages: pass --yes to confirm")

@@ -10,14 +10,14 @@ import socket
 import sys
 
 from virtscale import defaults
-from virtscale.broker import BrokerRefused, check_url
+from virtscale.broker import BrokerRefused
+from virtscale.cli_support import resolve_and_check_amqp_url
 from virtscale.config import (
     OneLineParser,
     add_common_options,
     configure_logging,
     positive_int,
     queue_names,
-    resolve_amqp_url,
 )
 from virtscale.naming import worker_consumer_tag
 from virtscale.worker.consumer import Worker, default_concurrency
@@ -114,11 +114,7 @@ def build_parser() -> OneLineParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    url = resolve_amqp_url(parser, args)
-    try:
-        check_url(url)
-    except BrokerRefused as exc:
-        parser.error(str(exc))
+    url = resolve_and_check_amqp_url(parser, args)
     if args.concurrency * args.prefetch_per_slot > MAX_PREFETCH:
         parser.error(f"--concurrency times --prefetch-per-slot must be at most {MAX_PREFETCH}")
     configure_logging(args.log_level, args.log_format)

@@ -11,7 +11,8 @@ import urllib.parse
 from collections.abc import Callable
 
 from virtscale import defaults
-from virtscale.config import add_common_options, check_port, redact_url, resolve_amqp_url
+from virtscale.cli_support import resolve_and_check_amqp_url
+from virtscale.config import add_common_options, check_port, redact_url, split_url
 from virtscale.scaler.hypervisor import Hypervisor, HypervisorRefused, HypervisorUnavailable
 from virtscale.scaler.loop import Scaler, TickReport
 from virtscale.scaler.policy import Policy
@@ -20,6 +21,13 @@ from virtscale.scaler.queue_monitor import QueueMonitor
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT = "qemu:///system"
+
+
+def domain_glob(text: str) -> str:
+    """--pool: an empty glob would match no domain, so the scaler could never act."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a glob of domain names such as vm-*, got an empty one")
+    return text
 
 
 def add_pool_options(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +41,7 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--pool",
+        type=domain_glob,
         default="vm-*",
         metavar="GLOB",
         help="glob of the domain names the scaler manages; no other domain is touched (default: %(default)s)",
@@ -49,14 +58,14 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
 
 def queue_monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> QueueMonitor:
     """The queue's reader, from --amqp-url, --queue and the --management-* flags."""
-    url = resolve_amqp_url(parser, args)
-    management = urllib.parse.urlsplit(args.management_url)
+    url = resolve_and_check_amqp_url(parser, args)
+    check_port(parser, "--management-url", args.management_url, "VIRTSCALE_MANAGEMENT_URL")
+    management = split_url(parser, "--management-url", args.management_url, "VIRTSCALE_MANAGEMENT_URL")
     if management.scheme not in ("http", "https") or not management.hostname:
         parser.error(
             f"--management-url must be http(s)://host:port, got {redact_url(args.management_url)!r} "
             "(the flag or VIRTSCALE_MANAGEMENT_URL)"
         )
-    check_port(parser, "--management-url", args.management_url, "VIRTSCALE_MANAGEMENT_URL")
     if args.management_ca is not None and not os.access(args.management_ca, os.R_OK):
         parser.error(f"--management-ca {args.management_ca}: no such file, or not readable")
     amqp = urllib.parse.urlsplit(url)

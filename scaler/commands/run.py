@@ -125,19 +125,21 @@ def run(parser: OneLineParser, args: argparse.Namespace) -> int:
 
 
 def prepare(parser: OneLineParser, args: argparse.Namespace) -> tuple[Scaler, TickSinks]:
-    """Check every flag, then open what the loop needs: nothing has started when one is bad.
-    libvirt comes last, as an unreachable daemon is only a warning."""
+    """Check every flag and open every local file and port first, then reach out: nothing has
+    connected when a local value is bad. libvirt and the broker come last, as an unreachable
+    daemon is only a warning (refused broker credentials exit 1)."""
     config = policy_config(parser, args)
-    monitor = queue_monitor(parser, args)
+    monitor = queue_monitor(parser, args)  # checks the URLs; connects to nothing
     check_writable(parser, "--events", args.events)
     if args.metrics_address is not None and args.metrics_port is None:
         parser.error("--metrics-address needs --metrics-port")
+    events = open_events(parser, args.events)
     metrics = ScalerMetrics(queue=args.queue, pool=args.pool, dry_run=args.dry_run, slo=config.slo)
     if args.metrics_port is not None:
         serve_metrics(parser, metrics, args.metrics_address or DEFAULT_METRICS_ADDRESS, args.metrics_port)
     hypervisors = connect_hypervisors(parser, args)
     check_broker(parser, monitor)  # refused credentials: exit 1 now, not a degraded loop
-    sinks = TickSinks(metrics, open_events(parser, args.events))
+    sinks = TickSinks(metrics, events)
     scaler = Scaler(
         hypervisors, monitor, Policy(config), window=args.window, dry_run=args.dry_run, on_tick=sinks
     )

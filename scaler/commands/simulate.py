@@ -9,18 +9,19 @@ import json
 import os
 
 from virtscale.config import (
+    MAX_SIMULATED_SECONDS,
+    MAX_VCPUS,
     add_logging_options,
     add_version_option,
+    bounded_int,
     non_negative_int,
-    positive_float,
-    positive_int,
 )
 from virtscale.load import ProfileSpec, profile_rate
 from virtscale.load_options import add_load_options, profile_spec, read_trace
 from virtscale.scaler.commands.checks import check_writable
 from virtscale.scaler.lab import POLICIES, STANDARD_PROFILES, make_policy, table
 from virtscale.scaler.policy import PolicyConfig
-from virtscale.scaler.policy_options import add_policy_options, policy_config
+from virtscale.scaler.policy_options import POSITIVE_SECONDS, add_policy_options, policy_config
 from virtscale.scaler.simulator import World, arrival_times, arrivals_per_second, simulate
 
 DESCRIPTION = """\
@@ -83,10 +84,10 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--vcpus",
-        type=positive_int,
+        type=bounded_int(1, MAX_VCPUS),
         default=World.vcpus,
         metavar="N",
-        help="slots per VM (default: %(default)s)",
+        help=f"slots per VM, at most {MAX_VCPUS} (default: %(default)s)",
     )
     for flag, default, text in (
         ("--service-time", World.service_time, "per job per slot (default: %(default)s, measured)"),
@@ -94,7 +95,7 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
         ("--shutdown-delay", World.shutdown_delay, "from drained to off (default: %(default)s)"),
     ):
         group.add_argument(
-            flag, type=positive_float, default=default, metavar="SECONDS", help=f"seconds {text}"
+            flag, type=POSITIVE_SECONDS, default=default, metavar="SECONDS", help=f"seconds {text}"
         )
     group.add_argument(
         "--initial-vms",
@@ -167,6 +168,11 @@ def load_from(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """(rate function, length in seconds, label) from the load flags."""
     if args.trace:
         rate, length = read_trace(parser, args.trace)
+        if args.length is None and length > MAX_SIMULATED_SECONDS:
+            parser.error(
+                f"--trace {args.trace}: its last time is {length:.15g} s, more than the simulator's "
+                f"{MAX_SIMULATED_SECONDS:.15g} (30 days); give --length to replay its start"
+            )
         return rate, (args.length or length), args.trace
     standard = STANDARD_PROFILES.get(args.profile, ProfileSpec(kind=args.profile))
     spec = profile_spec(args, standard, seed=args.seed)
