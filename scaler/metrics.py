@@ -147,6 +147,11 @@ class ScalerMetrics:
         self.action_failures = Counter(
             "virtscale_action_failures_total", "Actions libvirt did not carry out", registry=self.values
         )
+        self.failed_vms = Counter(
+            "virtscale_failed_vms_total",
+            "Pool domains that crashed or did not consume within the boot timeout; none on a dry run",
+            registry=self.values,
+        )
 
     def _define_health(self) -> None:
         self.ticks = Counter("virtscale_ticks_total", "Scaler ticks", registry=self.values)
@@ -194,8 +199,7 @@ class ScalerMetrics:
         self._record_pool(report)
         self._record_decision(report)
         self.degraded.set(1 if report.degraded else 0)
-        refused = getattr(report, "refused", False) or getattr(report.reading, "refused", False)
-        self.refused.set(1 if refused else 0)
+        self.refused.set(1 if report.refused else 0)
 
     def _record_queue(self, report: TickReport) -> None:
         reading = report.reading
@@ -211,7 +215,7 @@ class ScalerMetrics:
                 self.cpu.labels(name).set(percent / 100.0)
         # A domain the tick could not see makes the counts unknown, not lower; so does no domain
         # at all on a degraded tick (libvirt most likely did not answer).
-        if getattr(report, "unseen", None) or (report.degraded and not report.samples):
+        if report.unseen or (report.degraded and not report.samples):
             return
         states = collections.Counter(sample.state for sample in report.samples)
         for state in dict.fromkeys([*DOMAIN_STATES, *states]):
@@ -234,6 +238,10 @@ class ScalerMetrics:
                 self.actions.labels(action.action).inc()
         if report.failed_actions:
             self.action_failures.inc(len(report.failed_actions))
+        # A dry run starts nothing, so its "failures" (a VM never started never consumes) are not.
+        failed = signals.get("failed_vms") or ()
+        if failed and not self.dry_run:
+            self.failed_vms.inc(len(failed))
 
 
 def _or_absent(value: float | None) -> float:

@@ -195,6 +195,8 @@ class Policy:
         self._history: collections.deque[tuple[float, int]] = collections.deque()
         #: The previous tick's time, to stop the boot clocks over a tick without consumer data.
         self._previous_now: float | None = None
+        #: Domains declared failed in the tick being decided (signals["failed_vms"]).
+        self._newly_failed: list[str] = []
 
     # -- the outline -------------------------------------------------------------------
 
@@ -202,6 +204,7 @@ class Policy:
         actions: list[Action] = []
         notes: list[str] = []
         vms = {vm.name: vm for vm in obs.vms}
+        self._newly_failed = []
         self._hold_boot_clocks(obs)
         self._reconcile(obs, vms, actions, notes)
         ready = [vm for vm in obs.vms if self._is_ready(vm, obs.consumers_known)]
@@ -220,6 +223,7 @@ class Policy:
             "ready": len(ready),
             "booting": len(booting),
             "booting_vms": sorted(booting, key=natural_key),
+            "failed_vms": sorted(self._newly_failed, key=natural_key),
             "recommendations": recommendations,
             "per_vm_rate": None if self.per_vm_rate is None else round(self.per_vm_rate, 3),
         }
@@ -344,7 +348,7 @@ class Policy:
                 actions.append(Action(vm.name, DESTROY))
                 notes.append(f"{vm.name} crashed: destroy")
                 self.booting.pop(vm.name, None)
-                self.failed[vm.name] = now
+                self._mark_failed(vm.name, now)
             elif vm.state in ("running", UNKNOWN) and obs.consumers_known:
                 if vm.consuming:
                     self.booting.pop(vm.name, None)
@@ -360,15 +364,21 @@ class Policy:
                 del self.booting[name]
                 if vm is None or vm.state == "shutoff":
                     notes.append(f"{name} stopped before it consumed")
-                    self.failed[name] = now
+                    self._mark_failed(name, now)
             elif obs.consumers_known and now - self.booting[name] >= self.config.boot_timeout:
                 del self.booting[name]
-                self.failed[name] = now
+                self._mark_failed(name, now)
                 actions.append(Action(name, DESTROY))
                 notes.append(f"{name} not consuming {self.config.boot_timeout:g}s after start: failed")
         for name in list(self.failed):
             if now - self.failed[name] >= self.config.failed_retry_after:
                 del self.failed[name]
+
+    def _mark_failed(self, name: str, now: float) -> None:
+        """A domain that crashed or never consumed: left alone for failed_retry_after, and named
+        in this tick's signals["failed_vms"] (what a "VM failed" alert counts)."""
+        self.failed[name] = now
+        self._newly_failed.append(name)
 
     def _learn(self, obs: Observation, ready: list[VmView]) -> None:
         """What one fully busy VM acks per second: the ack rate divided by the busy share of

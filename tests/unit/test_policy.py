@@ -173,6 +173,22 @@ def test_crashed_domain_is_destroyed_and_draining_one_destroyed_after_timeout():
     assert ("vm-3", DESTROY) in actions(late)
 
 
+def test_the_decision_names_the_domains_that_failed_in_its_tick_only():
+    policy = Policy(CONFIG)
+    assert policy.decide(observe(0, pool(ready=["vm-1"], **{"vm-2": "crashed"}))).signals["failed_vms"] == [
+        "vm-2"
+    ]
+    assert policy.decide(observe(5, pool(ready=["vm-1"], off=["vm-2"]))).signals["failed_vms"] == []
+    policy.booting["vm-3"] = 5.0
+    timed_out = policy.decide(observe(35, pool(ready=["vm-1"], booting=["vm-3"], off=["vm-2"])))
+    assert timed_out.signals["failed_vms"] == ["vm-3"], "not consuming within the boot timeout"
+    policy.draining["vm-1"] = 35.0
+    overstayed = policy.decide(observe(55, pool(ready=["vm-1"], off=["vm-2", "vm-3"])))
+    assert ("vm-1", DESTROY) in actions(overstayed) and overstayed.signals["failed_vms"] == [], (
+        "a slow drain is destroyed, not a failed VM"
+    )
+
+
 def test_cpu_rule_adds_a_vm_when_hot():
     policy = Policy(CONFIG)
     decision = policy.decide(observe(0, pool(ready=["vm-1"], off=["vm-2"], cpu=95.0), depth=10))

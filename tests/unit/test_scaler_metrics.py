@@ -179,6 +179,15 @@ def test_a_real_run_counts_actions_taken_and_those_that_failed():
     assert value(found, "virtscale_action_failures_total") == 1
 
 
+@pytest.mark.parametrize(("dry_run", "counted"), [(False, 2), (True, 0)])
+def test_failed_vms_are_counted_only_when_the_scaler_acts(dry_run, counted):
+    signals = {"ready": 1, "booting": 0, "failed_vms": ["vm-2", "vm-3"]}
+    failing = report(actions=(Action("vm-2", "destroy"), Action("vm-3", "destroy")), signals=signals)
+    found = recorded(failing, dry_run=dry_run)
+    assert value(found, "virtscale_failed_vms_total") == counted, "a dry run starts nothing to fail"
+    assert value(recorded(report()), "virtscale_failed_vms_total") == 0, "exists before the first"
+
+
 class RefusedReport(TickReport):
     """A tick whose broker refused the scaler's credentials."""
 
