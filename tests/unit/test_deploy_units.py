@@ -85,6 +85,14 @@ def test_a_configuration_error_is_not_restarted(host_unit):
     assert "2" in service["RestartPreventExitStatus"].split()
 
 
+def test_a_restart_loop_stops_at_the_worker_units_start_limit(host_unit):
+    name, _service, _env = host_unit
+    limits = unit(SYSTEMD / name)["Unit"]
+    worker = unit(WORKER_UNIT)["Unit"]
+    assert limits["StartLimitIntervalSec"] == worker["StartLimitIntervalSec"] == "5min"
+    assert limits["StartLimitBurst"] == worker["StartLimitBurst"]
+
+
 def test_the_command_line_takes_the_flags_the_env_file_gives(host_unit):
     name, service, env = host_unit
     program, command, variable = service["ExecStart"].split()
