@@ -27,6 +27,7 @@ from rich.text import Text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from deploy.processes import stop_in_order  # noqa: E402
 from virtscale.scaler.live import domain_table as live_domain_table  # noqa: E402
 from virtscale.scaler.plots import plot_events  # noqa: E402
 
@@ -54,6 +55,10 @@ SCALER_FLAGS = [
 LOG_LINES = 6
 
 STOP_HINT = "type 'terminate' and Enter, or press Ctrl-C, to stop everything"
+
+#: Seconds a component has to stop after SIGTERM before it is killed: the scaler shuts the VMs
+#: down on its way out, and a guest takes a while to power off.
+STOP_TIMEOUT = 120.0
 
 #: Seconds between two looks at the events file (the scaler writes one event every 2 s).
 POLL_INTERVAL = 1.0
@@ -321,14 +326,7 @@ class Demo:
 
     def stop_everything(self) -> None:
         """SIGTERM in order (the scaler shuts the VMs down on its way out); kill what hangs."""
-        for name in ("producer", "scaler", "collector"):
-            process = self.children.get(name)
-            if process and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(120)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop_in_order(self.children, ("producer", "scaler", "collector"), STOP_TIMEOUT)
 
 
 # -- the summary ----------------------------------------------------------------------------------

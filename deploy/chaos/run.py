@@ -32,6 +32,7 @@ import report  # noqa: E402
 from node import ChaosNode  # noqa: E402
 from timeline import plot_timeline  # noqa: E402
 
+from deploy.processes import stop_in_order  # noqa: E402
 from tests.support.proxy import CuttableProxy  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
@@ -48,6 +49,9 @@ SAMPLE_INTERVAL = 2.0
 #: The scaler's tick (seconds); its events are stale after three missed ticks.
 TICK = 2.0
 PROXIES = ("producer", "collector", "scaler-amqp", "workers", "management")
+#: Seconds a component has to stop after SIGTERM before it is killed (the domains are undefined
+#: right after, so the scaler need not finish shutting them down).
+STOP_TIMEOUT = 30.0
 
 
 def scaler_flags(args: argparse.Namespace) -> list[str]:
@@ -325,15 +329,7 @@ class Harness:
     def tear_down(self) -> None:
         """Every process we started, the proxies, the domains and the chaos node; each step runs
         even if one before it failed."""
-        for name in ("producer", "scaler", "collector"):
-            process = self.children.get(name)
-            if process and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        stop_in_order(self.children, ("producer", "scaler", "collector"), STOP_TIMEOUT)
         for proxy in self.proxies.values():
             proxy.close()
         for prefix in (PREFIX, BROKEN_PREFIX):
