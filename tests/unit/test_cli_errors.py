@@ -2,12 +2,13 @@
 to fix, never a traceback. Across the five commands; none of these reaches a broker or libvirtd.
 
 ``{busy_port}`` stands for a port another socket holds, ``{bad_trace}`` for a CSV trace with the
-wrong header, ``{tmp}`` for a scratch folder.
+wrong header, ``{tmp}`` for a scratch folder, the others for the files ``odd_files`` makes.
 """
 
 from __future__ import annotations
 
 import socket
+import sqlite3
 
 import pytest
 
@@ -86,6 +87,43 @@ CASES = [
     (BROKER, ["frobnicate"], {}, "invalid choice: 'frobnicate'"),
     (BROKER, ["declare", "--delivery-limit", "0"], {}, "--delivery-limit"),
     (BROKER, ["delete"], {}, "--yes"),
+    # URLs: malformed IPv6, query options pika refuses; the same answer in all five commands.
+    (WORKER, ["--amqp-url", "amqp://u:p@[::1/"], {}, "--amqp-url: malformed URL"),
+    (PRODUCER, ["--amqp-url", "amqp://u:p@[::1/"], {}, "--amqp-url: malformed URL"),
+    (BROKER, ["declare", "--amqp-url", "amqp://u:p@[::1/"], {}, "--amqp-url: malformed URL"),
+    (SCALER, ["run", *TEST_DRIVER, "--amqp-url", "amqp://u:p@[::1/"], {}, "--amqp-url: malformed URL"),
+    (SCALER, ["status", *TEST_DRIVER, "--management-url", "http://[::1/"], {}, "--management-url: malformed"),
+    (COLLECTOR, ["stats", "--amqp-url", "amqp://u:p@[::1/"], {}, "--amqp-url: malformed URL"),
+    (PRODUCER, ["--amqp-url", "amqp://h/?frobnicate=1"], {}, "Unknown URL parameter"),
+    (BROKER, ["declare", "--amqp-url", "amqp://h/?frobnicate=1"], {}, "Unknown URL parameter"),
+    (SCALER, ["run", *TEST_DRIVER, "--amqp-url", "amqp://h/?heartbeat=abc"], {}, "Invalid heartbeat"),
+    (SCALER, ["status", *TEST_DRIVER, "--amqp-url", "amqp://h/?heartbeat=abc"], {}, "Invalid heartbeat"),
+    (WORKER, [], {"VIRTSCALE_AMQP_URL": "amqp://h/?heartbeat=abc"}, "VIRTSCALE_AMQP_URL"),
+    # Values from the environment name their variable; empty names are errors.
+    (WORKER, [], {"VIRTSCALE_QUEUE": "bad q"}, "(the flag or VIRTSCALE_QUEUE)"),
+    (PRODUCER, [], {"VIRTSCALE_LOG_FORMAT": "xml"}, "(the flag or VIRTSCALE_LOG_FORMAT)"),
+    (WORKER, [], {"VIRTSCALE_AMQP_PASSWORD_FILE": "/nonexistent/pw"}, "VIRTSCALE_AMQP_PASSWORD_FILE"),
+    (WORKER, ["--password-file", ""], {}, "--password-file: the file name is empty"),
+    (SCALER, ["simulate", "--trace", ""], {}, "--trace: the file name is empty"),
+    (SCALER, ["run", *TEST_DRIVER, "--pool", ""], {}, "--pool: must be a glob"),
+    # Traces that are not text, or lines over the csv module's limit.
+    (SCALER, ["simulate", "--trace", "{binary_trace}"], {}, "not UTF-8 text"),
+    (SCALER, ["simulate", "--trace", "{huge_trace}"], {}, "{huge_trace}:2: not a CSV line"),
+    (SCALER, ["simulate", "--trace", "{long_trace}"], {}, "more than the simulator's 2592000"),
+    # Bounds: values that would overflow a wait or never finish.
+    (SCALER, ["simulate", "--length", "1e12"], {}, "--length: must be at most 2592000"),
+    (SCALER, ["run", *TEST_DRIVER, "--interval", "1e10"], {}, "--interval: must be at most 86400"),
+    (SCALER, ["run", *TEST_DRIVER, "--idle-to-zero", "1e10"], {}, "--idle-to-zero: must be at most"),
+    (SCALER, ["run", *TEST_DRIVER, "--drain-timeout", "1e300"], {}, "--drain-timeout: must be at most"),
+    (SCALER, ["simulate", "--interval", "1e-9"], {}, "--interval: must be at least 0.1"),
+    (SCALER, ["simulate", "--max", "1000000"], {}, "--max: must be a whole number from 1 to 1000"),
+    (SCALER, ["simulate", "--vcpus", "100000000"], {}, "--vcpus: must be a whole number from 1 to 256"),
+    (SCALER, ["simulate", "--profile", "bursty", "--period", "1e-9"], {}, "--period: must be at least 1"),
+    (BROKER, ["definitions", "--delivery-limit", "100000000000"], {}, "--delivery-limit: must be a whole"),
+    (BROKER, ["definitions", "--delivery-limit", "1e11"], {}, "--delivery-limit: must be a whole number"),
+    # Local files before any connection: no WARNING line about the broker comes first.
+    (SCALER, ["run", *TEST_DRIVER, "--events", "/proc/version"], {}, "--events /proc/version: cannot open"),
+    (COLLECTOR, ["stats", "--store", "sqlite:///{lookalike_store}"], {}, "not a virtscale store"),
 ]
 
 
@@ -95,6 +133,25 @@ def busy_port():
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         yield holder.getsockname()[1]
+
+
+def odd_files(folder) -> dict[str, str]:
+    """Files a user might pass by mistake: a binary trace, a trace with a 200 KB field, one that
+    lasts 1e15 seconds, and a SQLite file whose tables have the store's names, not its columns."""
+    files = {name: folder / name for name in ("binary.csv", "huge.csv", "long.csv", "lookalike.db")}
+    files["binary.csv"].write_bytes(b"time,rate\n\xff\xfe\x00\x81\n")
+    files["huge.csv"].write_text("time,rate\n" + "1" * 200_000 + ",1\n")
+    files["long.csv"].write_text("time,rate\n0,1\n1e15,2\n")
+    with sqlite3.connect(files["lookalike.db"]) as lookalike:
+        lookalike.execute("CREATE TABLE hashes (license TEXT)")
+        lookalike.execute("CREATE TABLE counters (label TEXT)")
+    lookalike.close()
+    return {
+        "binary_trace": str(files["binary.csv"]),
+        "huge_trace": str(files["huge.csv"]),
+        "long_trace": str(files["long.csv"]),
+        "lookalike_store": str(files["lookalike.db"]),
+    }
 
 
 def test_there_are_enough_cases():
@@ -107,6 +164,7 @@ def test_bad_invocation_exits_2_with_one_line(module, argv, environment, message
     bad_trace = tmp_path / "bad.csv"
     bad_trace.write_text("seconds,jobs\n0,1\n")
     fill = {"busy_port": str(busy_port), "bad_trace": str(bad_trace), "tmp": str(tmp_path)}
+    fill.update(odd_files(tmp_path))
     argv = [argument.format(**fill) for argument in argv]
     run = run_module(module, *argv, timeout=60, env=environment)
     assert "Traceback" not in run.stderr, run.stderr

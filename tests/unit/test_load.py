@@ -53,3 +53,17 @@ def test_bad_traces_name_the_line(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(TraceError, match=message):
         load_trace(str(path))
+
+
+def test_a_binary_trace_names_the_file_and_line(tmp_path):
+    path = tmp_path / "binary.csv"
+    path.write_bytes(b"time,rate\n0,1\n\xff\xfe\x00\x81" * 3)
+    with pytest.raises(TraceError, match=rf"{path}:\d+: not UTF-8 text"):
+        load_trace(str(path))
+
+
+def test_a_field_over_the_csv_limit_names_the_file_and_line(tmp_path):
+    path = tmp_path / "huge.csv"
+    path.write_text("time,rate\n0,1\n1," + "2" * 200_000 + "\n")
+    with pytest.raises(TraceError, match=rf"{path}:3: not a CSV line: field larger than field limit"):
+        load_trace(str(path))

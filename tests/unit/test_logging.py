@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from virtscale.config import configure_logging
+from virtscale.config import configure_logging, scrub_licenses
 
 LICENSE = "KL-07-AB-1234"
 
@@ -82,3 +82,24 @@ def test_our_own_lines_pass_at_their_level(captured):
     logging.getLogger("virtscale.test").warning("loud")
     assert "quiet" not in captured.getvalue()
     assert "loud" in captured.getvalue()
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "KL-07-AB-1234",
+        "kl-07-ab-1234",
+        "KL07AB1234",
+        "kl07ab1234",
+        "KL 07 AB 1234",
+        "Kl-07-A-1234",
+        "kl07a1234",
+    ],
+)
+def test_the_scrubber_matches_any_case_and_separator(variant):
+    assert scrub_licenses(f"job for {variant} failed") == "job for [license] failed"
+
+
+@pytest.mark.parametrize("text", ["KL-07-ABC-1234", "K-07-AB-1234", "KL-7-AB-1234", "KL-07-AB-123", "vm-12"])
+def test_the_scrubber_leaves_other_shapes(text):
+    assert scrub_licenses(text) == text

@@ -110,3 +110,21 @@ def test_a_commit_that_fails_raises_store_failed_and_stores_nothing(tmp_path, mo
         blocker.execute("ROLLBACK")
     assert store.stats()["stored"] == 0
     assert store.insert([result()], 1.0) == (1, 0), "usable again once the lock is gone"
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_tables_of_the_right_names_but_other_columns_are_not_a_store(tmp_path, create):
+    path = tmp_path / "lookalike.db"
+    with sqlite3.connect(path) as other:
+        other.execute("CREATE TABLE hashes (license TEXT)")
+        other.execute("CREATE TABLE counters (name TEXT, value INTEGER)")
+    with pytest.raises(StoreError, match=r"table hashes has no .*hash_ms.* column: not a virtscale store"):
+        Store(f"sqlite:///{path}", create=create)
+
+
+def test_stats_that_sqlite_cannot_read_raise_store_error(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    store._db.execute("DROP TABLE counters")
+    with pytest.raises(StoreError, match="cannot be read: no such table: counters"):
+        store.stats()
+    store.close()
