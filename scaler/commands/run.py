@@ -23,8 +23,9 @@ from virtscale.scaler.commands.pool import add_pool_options, check_broker, conne
 from virtscale.scaler.live import LiveView
 from virtscale.scaler.loop import EventsFile, Scaler, TickReport
 from virtscale.scaler.metrics import ScalerMetrics
-from virtscale.scaler.policy import Policy
+from virtscale.scaler.policy import Policy, PolicyConfig
 from virtscale.scaler.policy_options import add_policy_options, policy_config
+from virtscale.scaler.queue_monitor import QueueMonitor
 
 DESCRIPTION = """\
 Run the control loop: every --interval seconds read the queue (RabbitMQ management API) and the
@@ -128,11 +129,7 @@ def prepare(parser: OneLineParser, args: argparse.Namespace) -> tuple[Scaler, Ti
     """Check every flag and open every local file and port first, then reach out: nothing has
     connected when a local value is bad. libvirt and the broker come last, as an unreachable
     daemon is only a warning (refused broker credentials exit 1)."""
-    config = policy_config(parser, args)
-    monitor = queue_monitor(parser, args)  # checks the URLs; connects to nothing
-    check_writable(parser, "--events", args.events)
-    if args.metrics_address is not None and args.metrics_port is None:
-        parser.error("--metrics-address needs --metrics-port")
+    config, monitor = check_flags(parser, args)
     events = open_events(parser, args.events)
     metrics = ScalerMetrics(queue=args.queue, pool=args.pool, dry_run=args.dry_run, slo=config.slo)
     if args.metrics_port is not None:
@@ -144,6 +141,16 @@ def prepare(parser: OneLineParser, args: argparse.Namespace) -> tuple[Scaler, Ti
         hypervisors, monitor, Policy(config), window=args.window, dry_run=args.dry_run, on_tick=sinks
     )
     return scaler, sinks
+
+
+def check_flags(parser: OneLineParser, args: argparse.Namespace) -> tuple[PolicyConfig, QueueMonitor]:
+    """Every check of run's flags that opens, writes and connects to nothing: a bad one exits 2."""
+    config = policy_config(parser, args)
+    monitor = queue_monitor(parser, args)  # checks the URLs; connects to nothing
+    check_writable(parser, "--events", args.events)
+    if args.metrics_address is not None and args.metrics_port is None:
+        parser.error("--metrics-address needs --metrics-port")
+    return config, monitor
 
 
 def listen_address(text: str) -> str:
