@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,15 +20,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pika
 
 from virtscale import defaults
-from virtscale.broker import Session, keep_running
+from virtscale.broker import Session
 from virtscale.collector.store import Store, StoreFailed
+from virtscale.consuming import ConsumerService
 from virtscale.messages import InvalidMessage, Result, parse_result
 from virtscale.naming import QueueNames, collector_consumer_tag, connection_name
 
 log = logging.getLogger(__name__)
 
 
-class Collector:
+class Collector(ConsumerService):
     def __init__(
         self,
         url: str,
@@ -40,22 +40,18 @@ class Collector:
         flush_interval: float = defaults.COLLECTOR_FLUSH_INTERVAL,
         host: str | None = None,
     ):
-        self.url = url
-        self.names = names
+        super().__init__(url, names)
         self.store = store
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.host = host or socket.gethostname()
-        self.stop_requested = threading.Event()
         # Written by the writer thread only; read once it has finished.
         self.stored = 0
         self.duplicates = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="store")
         self._failure: StoreFailed | None = None
-        self._session: Session | None = None
         self._batch: list[tuple[int, Result]] = []
         self._flush_timer: object | None = None
-        self._unsettled = 0  # batches and dead letters of this session not yet acked or requeued
 
     # -- outline -----------------------------------------------------------------------
 
@@ -63,44 +59,31 @@ class Collector:
         """Collect until asked to stop. Raises BrokerRefused on a configuration error and
         StoreFailed when a batch cannot be written (nothing of it acked)."""
         try:
-            keep_running(self._run_session, self.stop_requested, "collector")
+            self._keep_running("collector")
         finally:
             self._writer.shutdown(wait=True, cancel_futures=True)
         log.info("collector stopped: %d stored, %d duplicates ignored", self.stored, self.duplicates)
         if self._failure is not None:
             raise self._failure
 
-    def request_stop(self) -> None:
-        """Store and ack what has arrived, then exit (signal-safe)."""
-        self.stop_requested.set()
-        session = self._session
-        if session is not None:
-            session.threadsafe(self._finish)
-
     # -- session -----------------------------------------------------------------------
 
-    def _run_session(self) -> None:
+    def _reset(self) -> None:
         # A batch from a lost session is unacked: the broker redelivers it, so drop it here.
         self._batch = []
         self._flush_timer = None
-        self._unsettled = 0
-        self._session = Session(
-            self.url,
-            self._start_consuming,
-            queues=(self.names.results, self.names.dead),
-            prefetch=self.batch_size * 2,
-            connection_name=connection_name("collector", self.host, self.names.jobs),
-        )
-        self._session.run()
 
-    def _start_consuming(self, session: Session) -> None:
-        if self.stop_requested.is_set():
-            session.stop()
-            return
-        tag = collector_consumer_tag(self.host, uuid.uuid4().hex[:8])
-        session.consume(self.names.results, self._on_result, consumer_tag=tag)
+    def _session_options(self) -> dict:
+        return {
+            "queues": (self.names.results, self.names.dead),
+            "prefetch": self.batch_size * 2,
+            "connection_name": connection_name("collector", self.host, self.names.jobs),
+        }
 
-    def _finish(self) -> None:
+    def _consume_from(self) -> tuple[str, str]:
+        return self.names.results, collector_consumer_tag(self.host, uuid.uuid4().hex[:8])
+
+    def _drain(self) -> None:
         """No new deliveries; commit what has arrived; stop once all of it is acked."""
         self._session.cancel(self._flush_and_stop)
 
@@ -108,13 +91,9 @@ class Collector:
         self._flush()
         self._stop_when_idle()
 
-    def _stop_when_idle(self) -> None:
-        if self.stop_requested.is_set() and self._unsettled == 0:
-            self._session.stop()
-
     # -- per result --------------------------------------------------------------------
 
-    def _on_result(self, delivery_tag: int, properties: pika.BasicProperties, body: bytes) -> None:
+    def _on_delivery(self, delivery_tag: int, properties: pika.BasicProperties, body: bytes) -> None:
         session = self._session
         try:
             result = parse_result(body)
@@ -126,6 +105,7 @@ class Collector:
                 str(exc),
                 properties.message_id,
                 lambda ok: self._settle(session, [delivery_tag], ok),
+                delivery_tag=delivery_tag,
             )
             return
         self._batch.append((delivery_tag, result))
@@ -181,7 +161,3 @@ class Collector:
             else:
                 session.nack(tag, requeue=True)
         self._stop_when_idle()
-
-    def _still_current(self, session: Session) -> bool:
-        """False once the session a delivery came on is gone: the broker redelivers its results."""
-        return session is self._session and session.usable

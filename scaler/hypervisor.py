@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import libvirt
 import tenacity
 
-from virtscale import defaults
+from virtscale.backoff import reconnect_wait
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,6 @@ class DomainSample:
     sampled_at: float
 
 
-def _reconnect_wait() -> Callable[[tenacity.RetryCallState], float]:
-    """tenacity's capped, jittered exponential wait with the reconnect defaults."""
-    limits = {"max": defaults.RECONNECT_MAX, "jitter": defaults.RECONNECT_JITTER}
-    try:
-        return tenacity.wait_exponential_jitter(multiplier=defaults.RECONNECT_INITIAL, **limits)
-    except TypeError:  # tenacity before `multiplier` (setup.cfg allows 8.2) calls it `initial`
-        return tenacity.wait_exponential_jitter(initial=defaults.RECONNECT_INITIAL, **limits)
-
-
 def _reason(exc: libvirt.libvirtError) -> str:
     return exc.get_error_message() or str(exc)
 
@@ -114,7 +105,7 @@ class Hypervisor:
         self.pool = pool
         self.clock = clock
         self._connection: libvirt.virConnect | None = None
-        self._wait = _reconnect_wait()
+        self._wait = reconnect_wait()
         #: The failed opens since the last success (None: the last open worked).
         self._retry_state: tenacity.RetryCallState | None = None
         self._next_attempt = 0.0

@@ -11,6 +11,7 @@ cannot be reached at all. A broker that refuses the credentials makes the readin
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import requests
 
 from virtscale.broker import BrokerRefused, BrokerUnavailable, queue_counts
 from virtscale.config import redact_url
-from virtscale.naming import worker_from_consumer_tag
+from virtscale.naming import connection_name, worker_from_consumer_tag
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class QueueMonitor:
     ):
         self.queue = queue
         self.amqp_url = amqp_url
+        #: How the passive declares' connections show in the management UI.
+        self.connection_name = connection_name("scaler", socket.gethostname(), queue)
         self.clock = clock
         base = management_url.rstrip("/")
         self.management = redact_url(base)
@@ -157,7 +160,7 @@ class QueueMonitor:
             if response.status_code in REFUSED_STATUSES:
                 return self._refusal_message(response)
         try:
-            queue_counts(self.amqp_url, self.queue)
+            queue_counts(self.amqp_url, self.queue, self.connection_name)
         except BrokerRefused as exc:
             return str(exc)
         except BrokerUnavailable as exc:
@@ -214,7 +217,7 @@ class QueueMonitor:
 
     def _amqp_counts(self) -> tuple[int, int] | BrokerRefused | BrokerUnavailable:
         try:
-            return queue_counts(self.amqp_url, self.queue)
+            return queue_counts(self.amqp_url, self.queue, self.connection_name)
         except (BrokerRefused, BrokerUnavailable) as exc:
             return exc
 

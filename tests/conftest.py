@@ -24,6 +24,9 @@ BROKER_URL = os.environ.get("VIRTSCALE_TEST_AMQP_URL", "amqp://guest:guest@127.0
 MANAGEMENT_URL = os.environ.get("VIRTSCALE_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+#: How the tests' own AMQP connections show in the management UI.
+TEST_CONNECTION = "virtscale-tests"
+
 
 def require(available: bool, what: str) -> None:
     """Skip when a service is missing locally; fail under CI=true, where it must be there."""
@@ -52,9 +55,9 @@ def broker_url() -> str:
 def names(broker_url: str) -> Iterator[QueueNames]:
     """A fresh job/result/dead queue trio for one test, deleted afterwards."""
     queue_names = QueueNames(f"test-{uuid.uuid4().hex[:10]}")
-    declare_topology(broker_url, queue_names, delivery_limit=5)
+    declare_topology(broker_url, queue_names, 5, TEST_CONNECTION)
     yield queue_names
-    delete_topology(broker_url, queue_names)
+    delete_topology(broker_url, queue_names, TEST_CONNECTION)
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, every: float = 0.2):

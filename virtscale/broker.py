@@ -17,7 +17,9 @@ import tenacity
 from pika.adapters.utils.connection_workflow import AMQPConnectionWorkflowFailed
 
 from virtscale import defaults, topology_spec
+from virtscale.backoff import reconnect_wait
 from virtscale.config import redact_url
+from virtscale.messages import loggable_id
 from virtscale.naming import QueueNames
 
 log = logging.getLogger(__name__)
@@ -25,10 +27,6 @@ log = logging.getLogger(__name__)
 #: AMQP reply codes after which retrying cannot help: the configuration must change.
 #: 403 access refused, 404 not found, 406 precondition failed, 530 not allowed (vhost).
 FATAL_REPLY_CODES = frozenset({403, 404, 406, 530})
-
-#: Seconds of random delay added to each reconnect wait, so that many clients cut off at once
-#: do not all come back at the same instant.
-RECONNECT_JITTER = 1.0
 
 OnMessage = Callable[[int, pika.BasicProperties, bytes], None]
 OnConfirm = Callable[[bool], None]
@@ -51,7 +49,7 @@ class BrokerRefused(Exception):
     argument). Retrying will not help: fix the configuration named in the message and restart."""
 
 
-def connection_parameters(url: str, connection_name: str = "virtscale") -> pika.URLParameters:
+def connection_parameters(url: str, connection_name: str) -> pika.URLParameters:
     """pika's parameters for ``url``, named ``connection_name`` in the management UI.
     Raises BrokerRefused for a URL pika cannot use (a bad port or query option)."""
     try:
@@ -61,14 +59,14 @@ def connection_parameters(url: str, connection_name: str = "virtscale") -> pika.
     if "heartbeat" not in url:
         params.heartbeat = defaults.HEARTBEAT
     params.connection_attempts = 1
-    params.blocked_connection_timeout = 60
+    params.blocked_connection_timeout = defaults.BLOCKED_CONNECTION_TIMEOUT
     params.client_properties = {"connection_name": connection_name}
     return params
 
 
 def check_url(url: str) -> None:
     """Raise BrokerRefused now, at start-up, for a URL that no connection attempt could use."""
-    connection_parameters(url)
+    connection_parameters(url, "url check")
 
 
 def _innermost(exc: BaseException) -> BaseException:
@@ -125,7 +123,7 @@ def classify(exc: BaseException, url: str, after_ready: bool = False) -> Excepti
 def _blocking_call(
     url: str,
     action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object],
-    connection_name: str = "virtscale",
+    connection_name: str,
 ):
     try:
         connection = pika.BlockingConnection(connection_parameters(url, connection_name))
@@ -146,8 +144,8 @@ def _blocking_call(
 def declare_topology(
     url: str,
     names: QueueNames,
-    delivery_limit: int = defaults.DELIVERY_LIMIT,
-    connection_name: str = "virtscale",
+    delivery_limit: int,
+    connection_name: str,
 ) -> None:
     """Declare the queues of virtscale.topology_spec (idempotent; needs configure rights)."""
 
@@ -164,7 +162,7 @@ def declare_topology(
     log.info("topology ready: %s, %s, %s", names.jobs, names.results, names.dead)
 
 
-def delete_topology(url: str, names: QueueNames, connection_name: str = "virtscale") -> dict[str, int | None]:
+def delete_topology(url: str, names: QueueNames, connection_name: str) -> dict[str, int | None]:
     """Delete the queues and every message in them, the job queue first (so nothing is
     dead-lettered into a queue already gone). Returns how many messages each queue held when it
     was deleted, None for a queue that was not there."""
@@ -186,7 +184,7 @@ def delete_topology(url: str, names: QueueNames, connection_name: str = "virtsca
     return _blocking_call(url, delete, connection_name)
 
 
-def queue_counts(url: str, queue: str, connection_name: str = "virtscale") -> tuple[int, int]:
+def queue_counts(url: str, queue: str, connection_name: str) -> tuple[int, int]:
     """(ready messages, consumers) of ``queue`` by a passive declare; needs no management API."""
 
     def inspect(channel) -> tuple[int, int]:
@@ -212,7 +210,7 @@ class Session:
         *,
         queues: tuple[str, ...] = (),
         prefetch: int = 0,
-        connection_name: str = "virtscale",
+        connection_name: str,
     ):
         self.url = url
         self._on_ready = on_ready
@@ -320,7 +318,7 @@ class Session:
         self._next_seq += 1
         self._pending[seq] = (message_id, on_confirm)
         self._on_channel(
-            f"publish of {message_id or 'a message'}",
+            f"publish of {loggable_id(message_id)}",
             lambda channel: channel.basic_publish("", routing_key, body, properties, mandatory=True),
         )
 
@@ -332,11 +330,13 @@ class Session:
         message_id: str | None,
         settle: OnConfirm,
         headers: dict | None = None,
+        *,
+        delivery_tag: int | None = None,
     ) -> None:
         """Move a message that can never be processed to the dead-letter ``queue``, its body
         unchanged and ``reason`` in the defaults.REASON_HEADER header (plus ``headers``).
         ``settle(ok)`` then acks the original (ok: the copy is safe) or requeues it (not ok)."""
-        log.warning("dead-lettering message %s: %s", message_id or "without an id", reason)
+        log.warning("dead-lettering message %s: %s", loggable_id(message_id, delivery_tag), reason)
         publish_headers = {defaults.REASON_HEADER: reason, **(headers or {})}
         self.publish(queue, body, settle, message_id=message_id, headers=publish_headers)
 
@@ -355,7 +355,9 @@ class Session:
             on_confirm(ok and not returned)
 
     def _on_return(self, _channel, method, properties, _body) -> None:
-        log.warning("message %s returned as unroutable: %s", properties.message_id, method.reply_text)
+        log.warning(
+            "message %s returned as unroutable: %s", loggable_id(properties.message_id), method.reply_text
+        )
         if properties.message_id is not None:
             self._returned.add(properties.message_id)
 
@@ -366,17 +368,49 @@ class Session:
 
     # -- consuming -------------------------------------------------------------------
 
-    def consume(self, queue: str, on_message: OnMessage, consumer_tag: str) -> None:
+    def consume(
+        self, queue: str, on_message: OnMessage, consumer_tag: str, *, dead_letter_queue: str | None = None
+    ) -> None:
         """Deliveries from ``queue`` to ``on_message``, under ``consumer_tag`` (which names the
-        consumer in the management UI)."""
+        consumer in the management UI). A delivery ``on_message`` fails on is dead-lettered (to
+        ``dead_letter_queue`` with the reason, else by a nack to the queue's own dead-letter
+        exchange) instead of ending the I/O loop and with it the process."""
 
         def deliver(_channel, method, properties, body) -> None:
-            on_message(method.delivery_tag, properties, body)
+            try:
+                on_message(method.delivery_tag, properties, body)
+            except Exception as exc:  # the last resort: a bug must not kill the consumer
+                self._delivery_failed(method.delivery_tag, properties, body, exc, dead_letter_queue)
 
         def start(channel) -> None:
             self._consumer_tag = channel.basic_consume(queue, deliver, consumer_tag=consumer_tag)
 
         self._on_channel(f"consuming from {queue}", start)
+
+    def _delivery_failed(
+        self,
+        delivery_tag: int,
+        properties: pika.BasicProperties,
+        body: bytes,
+        exc: Exception,
+        dead_letter_queue: str | None,
+    ) -> None:
+        """Log the error's type (its text could quote the body) and never redeliver the message."""
+        reason = f"internal error: {type(exc).__name__}"
+        log.error("delivery %s: %s", loggable_id(properties.message_id, delivery_tag), reason)
+        if dead_letter_queue is None:
+            self.nack(delivery_tag, requeue=False)
+            return
+
+        def settle(ok: bool) -> None:
+            if ok:
+                self.ack(delivery_tag)
+            else:
+                self.nack(delivery_tag, requeue=False)
+
+        self.dead_letter(
+            dead_letter_queue, body, reason, properties.message_id, settle, delivery_tag=delivery_tag
+        )
 
     def cancel(self, on_cancelled: Callable[[], None]) -> None:
         """Stop receiving new deliveries, then ``on_cancelled()``; those in hand can still be acked."""
@@ -475,9 +509,7 @@ def keep_running(
     while not stop_requested.is_set():
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(retryable),
-            # Spelled so that Debian 12's tenacity (8.2, in the VM) and today's read it alike.
-            wait=tenacity.wait_exponential(multiplier=defaults.RECONNECT_INITIAL, max=defaults.RECONNECT_MAX)
-            + tenacity.wait_random(0, RECONNECT_JITTER),
+            wait=reconnect_wait(),
             stop=lambda _state: stop_requested.is_set(),
             sleep=stop_requested.wait,
             before_sleep=log_retry,

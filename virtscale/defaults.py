@@ -18,10 +18,14 @@ RECONNECT_INITIAL = 0.5
 #: Longest wait between two reconnect attempts, in seconds.
 RECONNECT_MAX = 30.0
 
-#: Most seconds of random jitter added to a libvirt reconnect wait, so that scalers that lost the
-#: same libvirtd do not come back in step; no more than RECONNECT_INITIAL, so that each wait is
-#: still at least as long as the one before.
+#: Most seconds of random jitter added to each reconnect wait (to the broker or to libvirtd), so
+#: that clients cut off at once do not all come back at the same instant; no more than
+#: RECONNECT_INITIAL, so that each wait is still at least as long as the one before.
 RECONNECT_JITTER = RECONNECT_INITIAL
+
+#: Seconds a connection may stay blocked by the broker (a memory or disk alarm) before pika
+#: drops it: long enough for an alarm to clear, short enough that a stuck client reconnects.
+BLOCKED_CONNECTION_TIMEOUT = 60.0
 
 #: Seconds between publishes in the producer (the original's "delta").
 DELTA = 1.0

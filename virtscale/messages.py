@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from virtscale import defaults
 
@@ -24,7 +24,8 @@ class InvalidMessage(ValueError):
 @dataclass(frozen=True)
 class Job:
     id: str
-    license: str
+    #: Out of the repr: a Job in a log line or a traceback must not show the license.
+    license: str = field(repr=False)
     produced_at: float
 
     def to_json(self) -> bytes:
@@ -45,6 +46,18 @@ class Result:
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, separators=(",", ":")).encode()
+
+
+def loggable_id(message_id: str | None, delivery_tag: int | None = None) -> str:
+    """``message_id`` for a log line if it is a canonical UUID (as new_job makes them), else the
+    delivery tag: the sender chooses the id and could put anything in it, a license included."""
+    if message_id is not None:
+        try:
+            if str(uuid.UUID(message_id)) == message_id:
+                return message_id
+        except (ValueError, TypeError, AttributeError):
+            pass
+    return f"#{delivery_tag}" if delivery_tag is not None else "without a usable id"
 
 
 def new_job(license_number: str, produced_at: float) -> Job:

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pika
 
-from virtscale.broker import Session, keep_running
-from virtscale.messages import InvalidMessage, Job, Result, parse_job
+from virtscale.broker import Session
+from virtscale.consuming import ConsumerService
+from virtscale.messages import InvalidMessage, Job, Result, loggable_id, parse_job
 from virtscale.naming import QueueNames, connection_name, worker_consumer_tag
 from virtscale.worker.hashing import hash_license
 
 log = logging.getLogger(__name__)
 
 
-class Worker:
+class Worker(ConsumerService):
     def __init__(
         self,
         url: str,
@@ -36,16 +36,12 @@ class Worker:
         name: str,
         prefetch_per_slot: int = 1,
     ):
-        self.url = url
-        self.names = names
+        super().__init__(url, names)
         self.cost = cost
         self.concurrency = concurrency
         self.name = name
         self.prefetch = concurrency * prefetch_per_slot
-        self.stop_requested = threading.Event()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bcrypt")
-        self._session: Session | None = None
-        self._in_hand = 0
         self.hashed = 0
         self.dead_lettered = 0
 
@@ -62,7 +58,7 @@ class Worker:
             self.names.jobs,
         )
         try:
-            keep_running(self._run_session, self.stop_requested, f"worker {self.name}")
+            self._keep_running(f"worker {self.name}")
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
         log.info(
@@ -72,52 +68,36 @@ class Worker:
             self.dead_lettered,
         )
 
-    def request_stop(self) -> None:
-        """Warm stop (signal-safe): take no new jobs, finish and ack those in hand, exit."""
-        self.stop_requested.set()
-        session = self._session
-        if session is not None:
-            session.threadsafe(self._drain)
-
     # -- session -----------------------------------------------------------------------
 
-    def _run_session(self) -> None:
-        self._in_hand = 0
-        self._session = Session(
-            self.url,
-            self._start_consuming,
-            queues=(self.names.jobs, self.names.results, self.names.dead),
-            prefetch=self.prefetch,
-            connection_name=connection_name("worker", self.name, self.names.jobs),
-        )
-        self._session.run()
+    def _session_options(self) -> dict:
+        return {
+            "queues": (self.names.jobs, self.names.results, self.names.dead),
+            "prefetch": self.prefetch,
+            "connection_name": connection_name("worker", self.name, self.names.jobs),
+        }
 
-    def _start_consuming(self, session: Session) -> None:
-        if self.stop_requested.is_set():
-            session.stop()
-            return
-        tag = worker_consumer_tag(self.name, uuid.uuid4().hex[:8])
-        session.consume(self.names.jobs, self._on_job, consumer_tag=tag)
+    def _consume_from(self) -> tuple[str, str]:
+        return self.names.jobs, worker_consumer_tag(self.name, uuid.uuid4().hex[:8])
 
     def _drain(self) -> None:
-        log.info("worker %s draining: %d job(s) in hand", self.name, self._in_hand)
+        """Warm stop: take no new jobs, finish and ack those in hand, exit."""
+        log.info("worker %s draining: %d job(s) in hand", self.name, self._unsettled)
         self._session.cancel(self._stop_when_idle)
-
-    def _stop_when_idle(self) -> None:
-        if self.stop_requested.is_set() and self._in_hand == 0:
-            self._session.stop()
 
     # -- per job -----------------------------------------------------------------------
 
-    def _on_job(self, delivery_tag: int, properties: pika.BasicProperties, body: bytes) -> None:
+    def _on_delivery(self, delivery_tag: int, properties: pika.BasicProperties, body: bytes) -> None:
         session = self._session
-        self._in_hand += 1
         try:
             job = parse_job(body)
         except InvalidMessage as exc:
+            self._unsettled += 1
             self._dead_letter(session, delivery_tag, body, str(exc), properties.message_id)
             return
         future = self._pool.submit(hash_license, job.license, self.cost)
+        # Counted once handed on, so a delivery the session dead-letters after an error is not.
+        self._unsettled += 1
         future.add_done_callback(
             lambda done: session.threadsafe(lambda: self._publish_result(session, delivery_tag, job, done))
         )
@@ -159,6 +139,7 @@ class Worker:
             message_id,
             lambda ok: self._settle(session, delivery_tag, ok, message_id, dead_lettered=True),
             headers={"x-virtscale-worker": self.name},
+            delivery_tag=delivery_tag,
         )
 
     def _settle(
@@ -167,7 +148,7 @@ class Worker:
         """The one end of every job: ack once its result or dead letter is confirmed, else requeue."""
         if not self._still_current(session):
             return
-        self._in_hand -= 1
+        self._unsettled -= 1
         if ok:
             session.ack(delivery_tag)
             if dead_lettered:
@@ -178,15 +159,11 @@ class Worker:
         else:
             log.warning(
                 "job %s: %s not confirmed; job requeued",
-                job_id or f"#{delivery_tag}",
+                loggable_id(job_id, delivery_tag),
                 "dead letter" if dead_lettered else "result",
             )
             session.nack(delivery_tag, requeue=True)
         self._stop_when_idle()
-
-    def _still_current(self, session: Session) -> bool:
-        """False once the session a delivery came on is gone: the broker redelivers its jobs."""
-        return session is self._session and session.usable
 
 
 def default_concurrency() -> int:

@@ -22,6 +22,7 @@ import requests
 
 from tests.conftest import (
     MANAGEMENT_URL,
+    TEST_CONNECTION,
     drain_queue,
     known_jobs,
     port_open,
@@ -383,7 +384,11 @@ def test_results_are_acked_only_after_their_commit(
     lock = write_lock(path)
     collector = CollectorThread(f"{broker_url}?heartbeat={SHORT_HEARTBEAT}", names, store)
     try:
-        wait_until(lambda: queue_counts(broker_url, names.results)[1] == 1, 60, "the collector consuming")
+        wait_until(
+            lambda: queue_counts(broker_url, names.results, TEST_CONNECTION)[1] == 1,
+            60,
+            "the collector consuming",
+        )
         name = connection_name("collector", socket.gethostname(), names.jobs)
         connection = wait_until(lambda: named_connections(name), 60, "its connection")[0]["name"]
         ids = [str(uuid.uuid4()) for _ in range(30)]
@@ -414,7 +419,11 @@ def test_a_batch_committed_after_its_session_was_lost_is_not_acked_on_the_next(
     # One batch of exactly the 30 results, flushed as the last arrives.
     collector = CollectorThread(proxy.url(), names, store, batch_size=30, flush_interval=600)
     try:
-        wait_until(lambda: queue_counts(broker_url, names.results)[1] == 1, 60, "the collector consuming")
+        wait_until(
+            lambda: queue_counts(broker_url, names.results, TEST_CONNECTION)[1] == 1,
+            60,
+            "the collector consuming",
+        )
         name = connection_name("collector", socket.gethostname(), names.jobs)
         first = wait_until(lambda: named_connections(name), 60, "its connection")[0]["name"]
         ids = [str(uuid.uuid4()) for _ in range(30)]
@@ -431,7 +440,9 @@ def test_a_batch_committed_after_its_session_was_lost_is_not_acked_on_the_next(
         lock.release()
         wait_until(lambda: sorted(stored_ids(path)) == sorted(ids), 60, "all 30 stored")
         wait_until(lambda: collector.collector.duplicates == 30, 60, "the second copies ignored")
-        wait_until(lambda: queue_counts(broker_url, names.results)[0] == 0, 60, "the queue empty")
+        wait_until(
+            lambda: queue_counts(broker_url, names.results, TEST_CONNECTION)[0] == 0, 60, "the queue empty"
+        )
     finally:
         lock.release()
         collector.stop()

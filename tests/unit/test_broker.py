@@ -4,6 +4,8 @@ as they are; one warning per failed connection attempt."""
 import logging
 import socket
 import threading
+import types
+import uuid
 
 import pika.exceptions
 import pytest
@@ -12,7 +14,7 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorSocketConnectError,
 )
 
-from virtscale import broker
+from virtscale import broker, defaults
 from virtscale.broker import BrokerRefused, BrokerUnavailable, classify, connection_parameters, describe
 
 URL = "amqp://guest:s3cret@127.0.0.1:5672/%2F"
@@ -72,7 +74,7 @@ def test_configuration_errors_are_refusals(error):
 )
 def test_a_url_pika_cannot_use_is_refused_with_the_password_hidden(url, words):
     with pytest.raises(BrokerRefused, match=words) as caught:
-        connection_parameters(url)
+        connection_parameters(url, "virtscale-test")
     assert "s3cret" not in str(caught.value)
 
 
@@ -84,7 +86,7 @@ def test_connections_carry_their_name():
 def test_keep_running_logs_one_warning_with_the_reason_per_failed_attempt(caplog, monkeypatch):
     monkeypatch.setattr(broker.defaults, "RECONNECT_INITIAL", 0.01)
     monkeypatch.setattr(broker.defaults, "RECONNECT_MAX", 0.02)
-    monkeypatch.setattr(broker, "RECONNECT_JITTER", 0.01)
+    monkeypatch.setattr(broker.defaults, "RECONNECT_JITTER", 0.01)
     attempts = []
 
     def run_session() -> None:
@@ -117,3 +119,80 @@ def test_a_refused_login_quotes_the_broker_not_pika():
     message = str(classify(error, URL))
     assert message.startswith("broker at amqp://guest:***@127.0.0.1:5672/%2F refused the credentials")
     assert message.endswith("(403) 'ACCESS_REFUSED - Login was refused'")
+
+
+class RecordingChannel:
+    """The calls a Session makes on its channel, without a broker."""
+
+    is_open = True
+
+    def __init__(self):
+        self.deliver = None
+        self.published: list[tuple[str, bytes, pika.BasicProperties]] = []
+        self.acked: list[int] = []
+        self.nacked: list[tuple[int, bool]] = []
+
+    def basic_consume(self, queue, callback, consumer_tag):
+        self.deliver = callback
+        return consumer_tag
+
+    def basic_publish(self, exchange, routing_key, body, properties, mandatory):
+        self.published.append((routing_key, body, properties))
+
+    def basic_ack(self, delivery_tag):
+        self.acked.append(delivery_tag)
+
+    def basic_nack(self, delivery_tag, requeue):
+        self.nacked.append((delivery_tag, requeue))
+
+
+def consuming_session(on_message, dead_letter_queue=None) -> tuple[broker.Session, RecordingChannel]:
+    session = broker.Session(URL, lambda _session: None, connection_name="virtscale-test")
+    channel = session._channel = RecordingChannel()
+    session.ready = True
+    session.consume("jobs", on_message, "tag-1", dead_letter_queue=dead_letter_queue)
+    return session, channel
+
+
+def deliver(channel: RecordingChannel, delivery_tag: int, message_id: str, body: bytes) -> None:
+    method = pika.spec.Basic.Deliver(delivery_tag=delivery_tag)
+    channel.deliver(channel, method, pika.BasicProperties(message_id=message_id), body)
+
+
+def confirm(session: broker.Session, delivery_tag: int) -> None:
+    frame = types.SimpleNamespace(method=pika.spec.Basic.Ack(delivery_tag=delivery_tag))
+    session._on_delivery_confirmation(frame)
+
+
+def failing(_tag, _properties, body) -> None:
+    raise KeyError(body.decode())
+
+
+def test_a_delivery_the_callback_fails_on_is_dead_lettered_with_the_error_type(caplog):
+    session, channel = consuming_session(failing, dead_letter_queue="jobs.dead")
+    with caplog.at_level(logging.DEBUG, logger="virtscale.broker"):
+        deliver(channel, 7, "LIC-98765432", b"LIC-12345678")
+    [(queue, body, properties)] = channel.published
+    assert (queue, body) == ("jobs.dead", b"LIC-12345678")
+    assert properties.headers[defaults.REASON_HEADER] == "internal error: KeyError"
+    assert "LIC-" not in caplog.text
+    assert "#7" in caplog.text
+    assert channel.acked == [] and channel.nacked == []
+    confirm(session, 1)
+    assert channel.acked == [7]
+
+
+def test_without_a_dead_letter_queue_a_failed_delivery_is_nacked_never_requeued():
+    _session, channel = consuming_session(failing)
+    deliver(channel, 3, str(uuid.uuid4()), b"{}")
+    assert channel.nacked == [(3, False)]
+    assert channel.published == []
+
+
+def test_a_dead_letter_is_logged_by_its_delivery_tag_unless_its_id_is_a_uuid(caplog):
+    session = broker.Session(URL, lambda _session: None, connection_name="virtscale-test")
+    session._channel = RecordingChannel()
+    with caplog.at_level(logging.WARNING, logger="virtscale.broker"):
+        session.dead_letter("jobs.dead", b"x", "bad", "LIC-98765432", lambda _ok: None, delivery_tag=5)
+    assert "LIC-" not in caplog.text
+    assert "dead-lettering message #5: bad" in caplog.text

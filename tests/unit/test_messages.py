@@ -3,7 +3,13 @@ import uuid
 
 import pytest
 
-from virtscale.messages import InvalidMessage, Job, new_job, parse_job, parse_result
+from virtscale.messages import InvalidMessage, Job, loggable_id, new_job, parse_job, parse_result
+from virtscale.naming import (
+    collector_consumer_tag,
+    connection_name,
+    worker_consumer_tag,
+    worker_from_consumer_tag,
+)
 
 GOOD_ID = str(uuid.uuid4())
 
@@ -81,15 +87,26 @@ def test_job_json_has_exactly_the_contract_fields():
 
 
 def test_consumer_tag_carries_the_worker_name():
-    from virtscale.naming import worker_consumer_tag, worker_from_consumer_tag
-
     assert worker_from_consumer_tag(worker_consumer_tag("vm-1:odd", "ab12")) == "vm-1:odd"
     assert worker_from_consumer_tag("ctag1.abc") is None
 
 
 def test_a_collector_tag_is_never_read_as_a_worker():
-    from virtscale.naming import collector_consumer_tag, connection_name, worker_from_consumer_tag
-
     assert collector_consumer_tag("host-1", "ab12") == "virtscale-collector:host-1:ab12"
     assert worker_from_consumer_tag(collector_consumer_tag("host-1", "ab12")) is None
     assert connection_name("worker", "vm-1", "licenses") == "virtscale-worker vm-1 licenses"
+
+
+def test_a_job_repr_never_shows_the_license():
+    job = new_job("LIC-98765432", 1.0)
+    assert "LIC-98765432" not in repr(job)
+    assert job.id in repr(job)
+
+
+def test_only_a_canonical_uuid_is_logged_as_a_message_id():
+    canonical = str(uuid.uuid4())
+    assert loggable_id(canonical, 7) == canonical
+    assert loggable_id("LIC-98765432", 7) == "#7"
+    assert loggable_id(canonical.upper(), 7) == "#7"
+    assert loggable_id(None, 7) == "#7"
+    assert "LIC" not in loggable_id("LIC-98765432")
