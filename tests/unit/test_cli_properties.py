@@ -9,7 +9,8 @@ import argparse
 import contextlib
 import io
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from virtscale import topology
@@ -100,10 +101,24 @@ def check_outcome(command: str, code, out: str, err: str) -> None:
         assert err.endswith("\n") and err.count("\n") == 1 and "\r" not in err, repr(err)
 
 
+def check_values(args: argparse.Namespace) -> None:
+    """Each parsed value is what a flag's type makes (or a list of strings: --connect)."""
+    for name, value in vars(args).items():
+        if isinstance(value, list):
+            assert value and all(isinstance(item, str) for item in value), f"{name} = {value!r}"
+        else:
+            assert value is None or isinstance(value, bool | int | float | str) or callable(value), (
+                f"{name} = {value!r}"
+            )
+
+
 def parse_argv(command: str, argv: list[str]):
+    """(parser, args), args None when the parser exited; the outcome checked."""
     parser = PARSERS[command]()
     code, args, out, err = quietly(lambda: parser.parse_args(argv))
     check_outcome(command, code, out, err)
+    if args is not None:
+        check_values(args)
     return parser, args
 
 
@@ -121,8 +136,18 @@ FIVE_COMMANDS = settings(PROPERTY, max_examples=500)
 # -- parse_args alone --------------------------------------------------------------------
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="virtscale/config.py OneLineParser: argparse's messages repeat raw arguments, so one "
+    "with a newline makes the error two lines ('unrecognized arguments: a\\nb'); and Python "
+    "3.11's argparse parses --FLAG=-- as the value [] without the flag's type check",
+)
 @FIVE_COMMANDS
 @given(case=cases)
+@example(case=("virtscale-worker", ["a\nb"]))
+@example(case=("virtscale-producer", ["--rate=1", "x\r"]))
+@example(case=("virtscale-worker", ["--queue=--"]))
+@example(case=("virtscale-scaler", ["status", "--connect=--"]))
 def test_any_argv_parses_or_exits_0_or_2_with_one_line(case):
     parse_argv(*case)
 
@@ -158,8 +183,17 @@ START_UP_CHECKS = {
 }
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the parse_args failures above: --amqp-url=-- parses as [], on which the URL check "
+    "raises TypeError",
+)
 @FIVE_COMMANDS
 @given(case=cases)
+@example(case=("virtscale-collector", ["--amqp-url=--"]))
+@example(case=("virtscale-collector", ["--amqp-url", "amqp://["]))
+@example(case=("virtscale-broker", ["declare", "--amqp-url=amqp://u:p@[::1/"]))
+@example(case=("virtscale-scaler", ["status", "--management-url", "http://[x"]))
 def test_any_argv_passes_the_start_up_checks_or_exits_2_with_one_line(case):
     command, argv = case
     parser, args = parse_argv(command, argv)
