@@ -187,3 +187,10 @@ def queue_depth(url: str, queue: str) -> int:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:
         connection.close()
+
+
+@pytest.fixture
+def management(broker_url: str) -> str:
+    """The real broker's management API, or a skip (a failure under CI) where it is not up."""
+    require(port_open("127.0.0.1", 15672), "RabbitMQ management API on 127.0.0.1:15672")
+    return MANAGEMENT_URL

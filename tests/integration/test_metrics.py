@@ -16,7 +16,8 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, wait_until
+from tests.conftest import publish_raw, require, wait_until
+from tests.support.clock import FakeClock
 from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
 from virtscale.scaler.metrics import ScalerMetrics
@@ -28,20 +29,6 @@ NODE = ROOT / "tests" / "data" / "pool-node.xml"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "virtscale.json"
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def management(broker_url):
-    require(port_open("127.0.0.1", 15672), "RabbitMQ management API on 127.0.0.1:15672")
-    return MANAGEMENT_URL
 
 
 @pytest.fixture(scope="module")

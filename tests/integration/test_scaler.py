@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, run_module, wait_until
+from tests.conftest import publish_raw, require, run_module, wait_until
+from tests.support.clock import FakeClock
 from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
 from virtscale.scaler.policy import Policy, PolicyConfig
@@ -19,20 +20,6 @@ pytestmark = pytest.mark.broker
 
 NODE = Path(__file__).parent.parent / "data" / "pool-node.xml"
 POOL = ("vm-1", "vm-2", "vm-3", "vm-4")
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def management(broker_url):
-    require(port_open("127.0.0.1", 15672), "RabbitMQ management API on 127.0.0.1:15672")
-    return MANAGEMENT_URL
 
 
 def make_scaler(broker_url, names, clock, management_url, *, dry_run=False, uri=None, pool="vm-*", **policy):

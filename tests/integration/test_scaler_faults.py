@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MANAGEMENT_URL, port_open, publish_raw, require, run_module
+from tests.conftest import publish_raw, run_module
+from tests.support.clock import FakeClock
 from tests.support.libvirt_faults import FAULTS, Opener
 from tests.support.management_stub import ManagementStub, queue_body
 from virtscale.scaler import hypervisor as hypervisor_module
@@ -27,20 +28,6 @@ pytestmark = pytest.mark.broker
 NODE = Path(__file__).parent.parent / "data" / "pool-node.xml"
 URI = f"test://{NODE}"
 POOL = ["vm-1", "vm-2", "vm-3", "vm-4"]
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def management(broker_url):
-    require(port_open("127.0.0.1", 15672), "RabbitMQ management API on 127.0.0.1:15672")
-    return MANAGEMENT_URL
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tests.support.clock import FakeClock
 from tests.support.libvirt_faults import FAULTS
 from tests.support.libvirt_faults import Opener as FaultOpener
 from virtscale import defaults
@@ -18,14 +19,6 @@ NODE = Path(__file__).parent.parent / "data" / "pool-node.xml"
 #: A stats group no libvirt driver knows: asking for it with ENFORCE_STATS makes libvirt itself
 #: refuse the bulk call with VIR_ERR_ARGUMENT_UNSUPPORTED, an error of the request, not of the link.
 UNKNOWN_STATS = 1 << 20
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FaultyStats:

@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.clock import FakeClock
 from tests.support.management_stub import ManagementStub, queue_body
 from virtscale.scaler.queue_monitor import STATS_SETTLE, QueueMonitor
 
 #: Nobody listens on port 1: every passive declare fails at once, as with a broker not up yet.
 AMQP_DOWN = "amqp://guest:guest@127.0.0.1:1/%2F"
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
