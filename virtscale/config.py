@@ -32,7 +32,15 @@ class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
+        # argparse repeats raw arguments in its messages: a newline in one must not make two lines.
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]):
+        # Python 3.11 drops a lone '--' value (--queue=--) and stores [] past the flag's type.
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one value, got '--'")
+        return super()._get_values(action, arg_strings)
 
 
 def positive_float(text: str) -> float:

@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import io
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -136,12 +135,6 @@ FIVE_COMMANDS = settings(PROPERTY, max_examples=500)
 # -- parse_args alone --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="virtscale/config.py OneLineParser: argparse's messages repeat raw arguments, so one "
-    "with a newline makes the error two lines ('unrecognized arguments: a\\nb'); and Python "
-    "3.11's argparse parses --FLAG=-- as the value [] without the flag's type check",
-)
 @FIVE_COMMANDS
 @given(case=cases)
 @example(case=("virtscale-worker", ["a\nb"]))
@@ -183,11 +176,6 @@ START_UP_CHECKS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the parse_args failures above: --amqp-url=-- parses as [], on which the URL check "
-    "raises TypeError",
-)
 @FIVE_COMMANDS
 @given(case=cases)
 @example(case=("virtscale-collector", ["--amqp-url=--"]))
