@@ -13,12 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 import bcrypt
 import pika
 
+from virtscale import defaults
 from virtscale.broker import declare_topology, delete_topology
 from virtscale.naming import QueueNames
 from virtscale.producer.licenses import LicenseGenerator
 from virtscale.producer.publisher import Producer
 from virtscale.worker.consumer import default_concurrency
 
+#: How the benchmark's own connections show in the management UI.
+BENCH_CONNECTION = "virtscale-bench"
 URL = os.environ.get("VIRTSCALE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
@@ -26,7 +29,7 @@ def bare_connection() -> pika.BlockingConnection:
     """A plain pika connection for the baselines and the bench's own plumbing, named as such in
     the management UI."""
     params = pika.URLParameters(URL)
-    params.client_properties = {"connection_name": "virtscale-bench"}
+    params.client_properties = {"connection_name": BENCH_CONNECTION}
     return pika.BlockingConnection(params)
 
 
@@ -44,7 +47,7 @@ def pipeline_rate(cost: int, jobs: int, slots: int, extra: list[str]) -> float:
     """Hashes per second of a real worker process, from the hashed_at of its results
     (start-up excluded): jobs are queued first, then the worker drains them."""
     names = QueueNames(f"bench-{uuid.uuid4().hex[:8]}")
-    declare_topology(URL, names)
+    declare_topology(URL, names, defaults.DELIVERY_LIMIT, BENCH_CONNECTION)
     try:
         connection = bare_connection()
         channel = connection.channel()
@@ -85,7 +88,7 @@ def pipeline_rate(cost: int, jobs: int, slots: int, extra: list[str]) -> float:
         # The first result marks the start: jobs-1 intervals between first and last.
         return (jobs - 1) / (hashed_at[-1] - hashed_at[0])
     finally:
-        delete_topology(URL, names)
+        delete_topology(URL, names, BENCH_CONNECTION)
 
 
 def worker_efficiency() -> None:
@@ -150,7 +153,7 @@ def purge(names: QueueNames) -> None:
 
 def producer_efficiency(count: int = 20000, rounds: int = 3) -> None:
     names = QueueNames(f"bench-{uuid.uuid4().hex[:8]}")
-    declare_topology(URL, names)
+    declare_topology(URL, names, defaults.DELIVERY_LIMIT, BENCH_CONNECTION)
     try:
         bare, confirmed = [], []
         for _ in range(rounds):
@@ -161,7 +164,7 @@ def producer_efficiency(count: int = 20000, rounds: int = 3) -> None:
         single = one_by_one_confirm_rate(names, 1000)
         purge(names)
     finally:
-        delete_topology(URL, names)
+        delete_topology(URL, names, BENCH_CONNECTION)
     best_bare, best_confirmed = max(bare), max(confirmed)
     print(f"\nProducer efficiency: {count} persistent messages to a quorum queue, best of {rounds}")
     print(f"{'publisher':<44} {'msgs/s':>9} {'ratio':>6}")

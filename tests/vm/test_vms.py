@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import (
     MANAGEMENT_URL,
+    TEST_CONNECTION,
     known_jobs,
     port_open,
     publish_raw,
@@ -22,6 +23,7 @@ from tests.conftest import (
     stored_ids,
     wait_until,
 )
+from virtscale import defaults
 from virtscale.broker import declare_topology, delete_topology, queue_counts
 from virtscale.naming import QueueNames
 from virtscale.scaler.hypervisor import Hypervisor
@@ -55,7 +57,7 @@ def vm_queue(broker_url, tmp_path_factory):
     require(port_open("127.0.0.1", 15672), "RabbitMQ management API")
     subprocess.run([str(ROOT / "deploy/image/build.sh")], check=True, cwd=ROOT)
     names = QueueNames(f"vmtest-{uuid.uuid4().hex[:8]}")
-    declare_topology(broker_url, names)
+    declare_topology(broker_url, names, defaults.DELIVERY_LIMIT, TEST_CONNECTION)
     password = tmp_path_factory.mktemp("secret") / "password"
     password.write_text("guest")  # the guests reach the broker via the host's loopback
     vms = [sys.executable, str(ROOT / "deploy/vms.py")]
@@ -86,7 +88,7 @@ def vm_queue(broker_url, tmp_path_factory):
     )
     yield names
     subprocess.run([*vms, "undefine", "--prefix", PREFIX], check=False, cwd=ROOT)
-    delete_topology(broker_url, names)
+    delete_topology(broker_url, names, TEST_CONNECTION)
 
 
 def monitor_for(names, broker_url):
@@ -142,7 +144,10 @@ def test_boot_to_consuming_and_only_the_broker_is_reachable(vm_queue, broker_url
     hypervisor.start(NAMES[0])
     # A passive declare counts consumers at once (the management API lags by seconds).
     wait_until(
-        lambda: queue_counts(broker_url, vm_queue.jobs)[1] >= 1, 180, f"{NAMES[0]} consuming", every=0.25
+        lambda: queue_counts(broker_url, vm_queue.jobs, TEST_CONNECTION)[1] >= 1,
+        180,
+        f"{NAMES[0]} consuming",
+        every=0.25,
     )
     boot_seconds = time.monotonic() - started
     wait_until(lambda: NAMES[0] in monitor.read().consuming, 30, "the consumer tagged with its name")
