@@ -30,7 +30,12 @@ CASES = [
     (PRODUCER, ["--rate", "5", "--delta", "1"], {}, "not allowed with argument"),
     (PRODUCER, ["--profile", "zigzag"], {}, "invalid choice: 'zigzag'"),
     (PRODUCER, ["--trace", "/nonexistent.csv"], {}, "/nonexistent.csv: cannot read"),
-    (PRODUCER, ["--trace", "{bad_trace}"], {}, "header 'time,rate'"),
+    (
+        PRODUCER,
+        ["--trace", "{bad_trace}"],
+        {},
+        "--trace {bad_trace}: first line must be the header 'time,rate'",
+    ),
     (PRODUCER, ["--count", "-5"], {}, "--count: must be a whole number, 0 or more"),
     (PRODUCER, ["--rate", "inf"], {}, "must be a finite number"),
     (PRODUCER, ["--rate", "nan"], {}, "must be a finite number"),
@@ -65,7 +70,12 @@ CASES = [
     (SCALER, ["frobnicate"], {}, "invalid choice: 'frobnicate'"),
     (SCALER, ["run", *TEST_DRIVER, "--events", "/nonexistent/dir/e.jsonl"], {}, "--events"),
     (SCALER, ["run", *TEST_DRIVER, "--metrics-port", "70000"], {}, "--metrics-port"),
-    (SCALER, ["run", *TEST_DRIVER, "--metrics-port", "{busy_port}"], {}, "--metrics-port"),
+    (
+        SCALER,
+        ["run", *TEST_DRIVER, "--metrics-port", "{busy_port}"],
+        {},
+        "--metrics-port {busy_port} on 127.0.0.1: address already in use",
+    ),
     (SCALER, ["run", *TEST_DRIVER, "--min", "5", "--max", "2"], {}, "--min 5 is more than --max 2"),
     (SCALER, ["run", *TEST_DRIVER, "--cpu-low", "90", "--cpu-high", "80"], {}, "--cpu-low"),
     (SCALER, ["run", *TEST_DRIVER, "--cpu-high", "150"], {}, "--cpu-high"),
@@ -77,12 +87,17 @@ CASES = [
     (SCALER, ["simulate", "--log-level", "bogus"], {}, "--log-level"),
     (SCALER, ["simulate", "--plot", "/nonexistent/x.png"], {}, "--plot"),
     (SCALER, ["simulate", "--plot", "{tmp}/out.txt"], {}, "--plot"),
-    (SCALER, ["simulate", "--initial-vms", "10", "--max", "2"], {}, "--initial-vms"),
+    (SCALER, ["simulate", "--initial-vms", "10", "--max", "2"], {}, "--initial-vms 10 is more than --max 2"),
     (SCALER, ["simulate", "--policy", "psychic"], {}, "invalid choice: 'psychic'"),
-    (SCALER, ["simulate", "--trace", "{bad_trace}"], {}, "header 'time,rate'"),
+    (
+        SCALER,
+        ["simulate", "--trace", "{bad_trace}"],
+        {},
+        "--trace {bad_trace}: first line must be the header 'time,rate'",
+    ),
     (SCALER, ["simulate", "--service-time", "0"], {}, "--service-time"),
     (SCALER, ["trace", "/nonexistent/events.jsonl"], {}, "/nonexistent/events.jsonl"),
-    (SCALER, ["trace", "{bad_trace}"], {}, "{bad_trace}"),
+    (SCALER, ["trace", "{bad_trace}"], {}, "{bad_trace}:1"),
     (BROKER, [], {}, "required"),
     (BROKER, ["frobnicate"], {}, "invalid choice: 'frobnicate'"),
     (BROKER, ["declare", "--delivery-limit", "0"], {}, "--delivery-limit"),
@@ -124,6 +139,24 @@ CASES = [
     # Local files before any connection: no WARNING line about the broker comes first.
     (SCALER, ["run", *TEST_DRIVER, "--events", "/proc/version"], {}, "--events /proc/version: cannot open"),
     (COLLECTOR, ["stats", "--store", "sqlite:///{lookalike_store}"], {}, "not a virtscale store"),
+    (SCALER, ["run", *TEST_DRIVER, "--events", "{tmp}"], {}, "--events"),
+    (SCALER, ["run", *TEST_DRIVER, "--metrics-port", "0"], {}, "--metrics-port"),
+    (SCALER, ["run", *TEST_DRIVER, "--management-ca", "/nonexistent/ca.pem"], {}, "--management-ca"),
+    (SCALER, ["run", *TEST_DRIVER, "--management-url", "http://x:99999"], {}, "--management-url"),
+    (SCALER, ["run", *TEST_DRIVER], {"VIRTSCALE_MANAGEMENT_URL": "ftp://x"}, "VIRTSCALE_MANAGEMENT_URL"),
+    (
+        SCALER,
+        ["run", *TEST_DRIVER, "--amqp-url", "amqp://x:99999/"],
+        {"VIRTSCALE_AMQP_PASSWORD": "secret"},
+        "--amqp-url",
+    ),
+    (SCALER, ["status", *TEST_DRIVER, "--management-url", "ftp://x"], {}, "--management-url"),
+    (SCALER, ["simulate", "--seed", "-1"], {}, "--seed"),
+    (SCALER, ["simulate", "--base", "-1"], {}, "--base"),
+    (SCALER, ["trace", "{bad_events}"], {}, "bad-events.jsonl:2"),
+    (PRODUCER, ["--seed", "-1", "--profile", "bursty"], {}, "--seed"),
+    (PRODUCER, ["--profile", "step", "--period", "0"], {}, "--period"),
+    (PRODUCER, ["--amqp-url", "amqp://x:99999/"], {"VIRTSCALE_AMQP_PASSWORD": "secret"}, "--amqp-url"),
 ]
 
 
@@ -138,10 +171,12 @@ def busy_port():
 def odd_files(folder) -> dict[str, str]:
     """Files a user might pass by mistake: a binary trace, a trace with a 200 KB field, one that
     lasts 1e15 seconds, and a SQLite file whose tables have the store's names, not its columns."""
-    files = {name: folder / name for name in ("binary.csv", "huge.csv", "long.csv", "lookalike.db")}
+    names = ("binary.csv", "huge.csv", "long.csv", "lookalike.db", "bad-events.jsonl")
+    files = {name: folder / name for name in names}
     files["binary.csv"].write_bytes(b"time,rate\n\xff\xfe\x00\x81\n")
     files["huge.csv"].write_text("time,rate\n" + "1" * 200_000 + ",1\n")
     files["long.csv"].write_text("time,rate\n0,1\n1e15,2\n")
+    files["bad-events.jsonl"].write_text('{"time": 1, "publish_rate": 2}\n[1, 2]\n')
     with sqlite3.connect(files["lookalike.db"]) as lookalike:
         lookalike.execute("CREATE TABLE hashes (license TEXT)")
         lookalike.execute("CREATE TABLE counters (label TEXT)")
@@ -151,6 +186,7 @@ def odd_files(folder) -> dict[str, str]:
         "huge_trace": str(files["huge.csv"]),
         "long_trace": str(files["long.csv"]),
         "lookalike_store": str(files["lookalike.db"]),
+        "bad_events": str(files["bad-events.jsonl"]),
     }
 
 
@@ -173,3 +209,4 @@ def test_bad_invocation_exits_2_with_one_line(module, argv, environment, message
     assert len(lines) == 1, run.stderr
     assert message.format(**fill) in lines[0]
     assert run.stdout == ""
+    assert "secret" not in run.stderr, "a password never reaches an error line"

@@ -1,11 +1,7 @@
-"""`virtscale-scaler` and `virtscale-producer` as a user meets them: every bad invocation is exit 2
-with one line on stderr naming the flag to fix (checked before anything starts), every --help
-ends with examples, --version works everywhere."""
+"""`virtscale-scaler` and `virtscale-producer` as a user meets them: every --help ends with
+examples, --version works everywhere (their bad invocations are in test_cli_errors.py)."""
 
 from __future__ import annotations
-
-import json
-import socket
 
 import pytest
 
@@ -15,55 +11,6 @@ SCALER, PRODUCER = "virtscale.scaler", "virtscale.producer"
 #: libvirt's test driver: no libvirtd needed, and a run that passed its checks would start.
 TEST_DRIVER = ["--connect", "test:///default"]
 SUBCOMMANDS = ("run", "status", "simulate", "trace")
-
-# (command, argv, environment, what the one line must contain): the bad invocations not yet in
-# tests/unit/test_cli_errors.py's CASES (the others are there only).
-BAD = [
-    (SCALER, ["run", *TEST_DRIVER, "--events", "{tmp}"], {}, "--events"),
-    (SCALER, ["run", *TEST_DRIVER, "--metrics-port", "0"], {}, "--metrics-port"),
-    (SCALER, ["run", *TEST_DRIVER, "--management-ca", "/nonexistent/ca.pem"], {}, "--management-ca"),
-    (SCALER, ["run", *TEST_DRIVER, "--management-url", "http://x:99999"], {}, "--management-url"),
-    (SCALER, ["run", *TEST_DRIVER], {"VIRTSCALE_MANAGEMENT_URL": "ftp://x"}, "VIRTSCALE_MANAGEMENT_URL"),
-    (
-        SCALER,
-        ["run", *TEST_DRIVER, "--amqp-url", "amqp://x:99999/"],
-        {"VIRTSCALE_AMQP_PASSWORD": "secret"},
-        "--amqp-url",
-    ),
-    (SCALER, ["status", *TEST_DRIVER, "--management-url", "ftp://x"], {}, "--management-url"),
-    (SCALER, ["simulate", "--seed", "-1"], {}, "--seed"),
-    (SCALER, ["simulate", "--base", "-1"], {}, "--base"),
-    (SCALER, ["trace", "{bad_events}"], {}, "bad-events.jsonl:2"),
-    (PRODUCER, ["--seed", "-1", "--profile", "bursty"], {}, "--seed"),
-    (PRODUCER, ["--profile", "step", "--period", "0"], {}, "--period"),
-    (PRODUCER, ["--amqp-url", "amqp://x:99999/"], {"VIRTSCALE_AMQP_PASSWORD": "secret"}, "--amqp-url"),
-]
-
-
-@pytest.fixture(scope="module")
-def busy_port():
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
-
-
-@pytest.mark.parametrize(("module", "argv", "environment", "message"), BAD)
-def test_bad_invocation_is_exit_2_with_one_line_naming_the_flag(
-    module, argv, environment, message, busy_port, tmp_path
-):
-    bad_trace = tmp_path / "bad.csv"
-    bad_trace.write_text("seconds,jobs\n0,1\n")
-    bad_events = tmp_path / "bad-events.jsonl"
-    bad_events.write_text(json.dumps({"time": 1, "publish_rate": 2}) + "\n" + json.dumps([1, 2]) + "\n")
-    fill = {"busy_port": busy_port, "tmp": tmp_path, "bad_trace": bad_trace, "bad_events": bad_events}
-    run = run_module(module, *[argument.format(**fill) for argument in argv], timeout=60, env=environment)
-    assert run.returncode == 2, run.stderr
-    assert "Traceback" not in run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1, run.stderr
-    assert message in lines[0]
-    assert "secret" not in run.stderr
 
 
 def test_the_top_level_help_lists_every_subcommand_and_ends_with_examples():
