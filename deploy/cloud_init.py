@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import ipaddress
 import re
 import sys
 import tarfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from virtscale.config import OneLineParser, queue_name
+from virtscale.config import DNS_LABEL, OneLineParser, host_or_address, queue_name
 
 ROOT = Path(__file__).resolve().parent.parent
 PROG = "deploy/cloud_init.py"
@@ -43,12 +42,8 @@ NFTABLES_CONF = "/etc/nftables.conf"
 #: The line that makes nftables.service load the rule files of /etc/nftables.d too.
 NFTABLES_INCLUDE = 'include "/etc/nftables.d/*.nft"'
 
-#: One DNS label: letters, digits and inner hyphens, at most 63 characters.
-LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 #: The worker name is the guest's hostname (one label) and goes into the env file as it is.
-HOSTNAME = re.compile(LABEL)
-#: A DNS name: labels separated by dots, at most 253 characters.
-DNS_NAME = re.compile(rf"(?=.{{1,253}}\Z){LABEL}(?:\.{LABEL})*")
+HOSTNAME = re.compile(DNS_LABEL)
 #: A broker user name as RabbitMQ users are named here (it goes into a URL and the env file).
 USER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -61,12 +56,7 @@ def worker_name(text: str) -> str:
 
 def broker_host(text: str) -> str:
     """An IPv4 address or a DNS name: the nftables rule matches it with `ip daddr`."""
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        if DNS_NAME.fullmatch(text) and not text.replace(".", "").isdigit():
-            return text
-    raise argparse.ArgumentTypeError(f"must be an IPv4 address or a host name, got {text!r}")
+    return host_or_address(text, ipv4_only=True)
 
 
 def tcp_port(text: str) -> int:

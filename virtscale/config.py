@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import ipaddress
 import json
 import logging
 import os
@@ -141,6 +142,26 @@ def from_variable(kind: Callable[[str], object], variable: str) -> Callable[[str
             raise argparse.ArgumentTypeError(f"{exc} (the flag or {variable})") from None
 
     return checked
+
+
+#: One DNS label: letters, digits and inner hyphens, 63 characters at most.
+DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: A DNS name of labels joined by dots, 253 characters at most.
+HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){DNS_LABEL}(?:\.{DNS_LABEL})*")
+
+
+def host_or_address(text: str, ipv4_only: bool = False) -> str:
+    """An IP address (IPv4 only with ``ipv4_only``) or a DNS host name, as an argparse type."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        if HOST_NAME.fullmatch(text) and not text.replace(".", "").isdigit():
+            return text
+    else:
+        if not ipv4_only or address.version == 4:
+            return str(address)
+    kind = "an IPv4 address" if ipv4_only else "an IP address"
+    raise argparse.ArgumentTypeError(f"must be {kind} or a host name, got {text!r}")
 
 
 def queue_name(text: str) -> str:

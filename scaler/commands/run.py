@@ -7,16 +7,14 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
-import ipaddress
 import json
 import logging
-import re
 import signal
 import sys
 import threading
 from dataclasses import dataclass
 
-from virtscale.config import OneLineParser
+from virtscale.config import OneLineParser, host_or_address
 from virtscale.console import start_console
 from virtscale.scaler.commands.checks import check_writable, port_number
 from virtscale.scaler.commands.pool import add_pool_options, check_broker, connect_hypervisors, queue_monitor
@@ -44,10 +42,6 @@ log = logging.getLogger(__name__)
 #: Where the metrics are served unless --metrics-address says otherwise: this machine only.
 DEFAULT_METRICS_ADDRESS = "127.0.0.1"
 
-#: One DNS label: letters, digits and inner hyphens, 63 characters at most.
-LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-#: A DNS name: labels separated by dots, 253 characters at most.
-HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){LABEL}(?:\.{LABEL})*")
 
 #: What the console says to a line it does not understand.
 CONSOLE_HINT = "type 'terminate' to stop the scaler (or press Ctrl-C)"
@@ -155,12 +149,7 @@ def check_flags(parser: OneLineParser, args: argparse.Namespace) -> tuple[Policy
 
 def listen_address(text: str) -> str:
     """--metrics-address: an IPv4 or IPv6 address, or a host name that resolves to one here."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        if HOST_NAME.fullmatch(text) and not text.replace(".", "").isdigit():
-            return text
-    raise argparse.ArgumentTypeError(f"must be an IP address or a host name, got {text!r}")
+    return host_or_address(text)
 
 
 def serve_metrics(parser: OneLineParser, metrics: ScalerMetrics, address: str, port: int) -> None:
