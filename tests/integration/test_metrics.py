@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import publish_raw, require, wait_until
+from tests.conftest import known_jobs, publish_raw, require, wait_until
 from tests.support.clock import FakeClock
 from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
@@ -52,20 +52,11 @@ def make_scaler(broker_url, names, management, *, dry_run=False) -> Scaler:
     return Scaler([hypervisor], monitor, Policy(config), window=30, dry_run=dry_run, clock=clock)
 
 
-def jobs(count: int) -> list[bytes]:
-    return [
-        json.dumps(
-            {"id": f"00000000-0000-4000-8000-{i:012d}", "license": "KL-01-AB-0001", "produced_at": 1}
-        ).encode()
-        for i in range(count)
-    ]
-
-
 def loaded_tick(broker_url, names, management, metrics: ScalerMetrics, *, dry_run=False) -> None:
     """120 jobs waiting, then one tick of a scaler whose reports go to ``metrics``."""
     scaler = make_scaler(broker_url, names, management, dry_run=dry_run)
     scaler.on_tick = metrics.record
-    publish_raw(broker_url, names.jobs, jobs(120))
+    publish_raw(broker_url, names.jobs, known_jobs(120, seed=1, produced_at=1.0)[1])
 
     def counted() -> bool:
         # The management API's figures for a new queue lag by a few seconds; until then the

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import publish_raw, require, run_module, wait_until
+from tests.conftest import known_jobs, publish_raw, require, run_module, wait_until
 from tests.support.clock import FakeClock
 from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
@@ -47,15 +47,6 @@ def domain_states(scaler) -> dict[str, tuple[str, int]]:
     }
 
 
-def jobs(count: int) -> list[bytes]:
-    return [
-        json.dumps(
-            {"id": f"00000000-0000-4000-8000-{i:012d}", "license": "KL-01-AB-0001", "produced_at": 1}
-        ).encode()
-        for i in range(count)
-    ]
-
-
 def wait_for_depth(scaler, at_least: int) -> None:
     # The management API refreshes queue figures every few seconds.
     wait_until(lambda: (scaler.monitor.read().depth or 0) >= at_least, 30, f"depth >= {at_least}")
@@ -71,7 +62,7 @@ def test_a_loaded_queue_boots_vms_up_to_max_and_never_touches_other_domains(brok
     clock = FakeClock()
     scaler = make_scaler(broker_url, names, clock, management)
     before = domain_states(scaler)
-    publish_raw(broker_url, names.jobs, jobs(500))
+    publish_raw(broker_url, names.jobs, known_jobs(500, seed=1, produced_at=1.0)[1])
     wait_for_depth(scaler, 500)
     report = scaler.tick()
     assert [(a.domain, a.action) for a in report.decision.actions] == [
@@ -125,7 +116,7 @@ def test_dry_run_decides_but_changes_nothing(broker_url, names, management):
     clock = FakeClock()
     scaler = make_scaler(broker_url, names, clock, management, dry_run=True)
     before = domain_states(scaler)
-    publish_raw(broker_url, names.jobs, jobs(300))
+    publish_raw(broker_url, names.jobs, known_jobs(300, seed=1, produced_at=1.0)[1])
     wait_for_depth(scaler, 300)
     report = scaler.tick()
     assert any(a.action == "start" for a in report.decision.actions)
@@ -176,7 +167,7 @@ def test_libvirtd_unreachable_is_retried_with_backoff_and_recovers(broker_url, n
 
 
 def test_cli_once_prints_the_event_and_starts_vms(broker_url, names, management):
-    publish_raw(broker_url, names.jobs, jobs(200))
+    publish_raw(broker_url, names.jobs, known_jobs(200, seed=1, produced_at=1.0)[1])
     wait_until(
         lambda: (
             (QueueMonitor(management, ("guest", "guest"), "/", names.jobs, broker_url).read().depth or 0)

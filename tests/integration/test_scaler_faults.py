@@ -8,12 +8,11 @@ Time is a fake clock, so boot timeouts and stabilization windows pass at once.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import publish_raw, run_module
+from tests.conftest import known_jobs, publish_raw, run_module
 from tests.support.clock import FakeClock
 from tests.support.libvirt_faults import FAULTS, Opener
 from tests.support.management_stub import ManagementStub, queue_body
@@ -77,20 +76,13 @@ def acted(report, *kinds: str) -> list[tuple[str, str]]:
     return [(a.domain, a.action) for a in report.decision.actions if not kinds or a.action in kinds]
 
 
-def jobs(count: int) -> list[bytes]:
-    return [
-        json.dumps({"id": f"00000000-0000-4000-8000-{i:012d}", "produced_at": 1}).encode()
-        for i in range(count)
-    ]
-
-
 # -- 1. a management API answer without counts -------------------------------------------
 
 
 def test_a_new_queue_just_published_to_reads_exact_or_degraded_never_empty(broker_url, names, management):
     clock = FakeClock()
     scaler = make_scaler(broker_url, names.jobs, management, clock, max_vms=3)
-    publish_raw(broker_url, names.jobs, jobs(1000))
+    publish_raw(broker_url, names.jobs, known_jobs(1000, seed=1, produced_at=1.0)[1])
     report = scaler.tick()
     assert report.reading.ready == 1000, "the passive declare's exact count (or the API's own)"
     assert report.degraded or report.reading.depth == 1000
@@ -101,7 +93,7 @@ def test_counts_missing_after_a_broker_restart_are_not_zero_and_nothing_is_remov
     clock = FakeClock()
     scaler = make_scaler(broker_url, names.jobs, stub.url, clock, target_backlog=500, idle_to_zero=0)
     start_domains(scaler, "vm-1", "vm-2")
-    publish_raw(broker_url, names.jobs, jobs(800))
+    publish_raw(broker_url, names.jobs, known_jobs(800, seed=1, produced_at=1.0)[1])
     stub.body = queue_body(names.jobs, ready=800, unacked=2, consuming=("vm-1", "vm-2"))
     for _ in range(2):
         report = scaler.tick()
@@ -128,7 +120,7 @@ def test_counts_missing_after_a_broker_restart_are_not_zero_and_nothing_is_remov
 def test_counts_that_lag_a_publish_are_checked_by_a_passive_declare(broker_url, names, stub):
     clock = FakeClock()
     scaler = make_scaler(broker_url, names.jobs, stub.url, clock)
-    publish_raw(broker_url, names.jobs, jobs(300))
+    publish_raw(broker_url, names.jobs, known_jobs(300, seed=1, produced_at=1.0)[1])
     stub.body = queue_body(names.jobs, ready=0, unacked=0)  # its first statistics, from before the publish
     report = scaler.tick()
     assert report.degraded and "lag" in " ".join(report.problems)
