@@ -288,6 +288,21 @@ def named_connections(name: str) -> list[dict]:
     return [c for c in management("connections") if c.get("user_provided_name") == name]
 
 
+def publish_to_a_consuming_collector(broker_url, names, count: int) -> tuple[str, str, list[str]]:
+    """Once the collector consumes: its connection's name pattern and the broker's name for the
+    connection, and the ids of ``count`` results published to it."""
+    wait_until(
+        lambda: queue_counts(broker_url, names.results, TEST_CONNECTION)[1] == 1,
+        60,
+        "the collector consuming",
+    )
+    name = connection_name("collector", socket.gethostname(), names.jobs)
+    connection = wait_until(lambda: named_connections(name), 60, "its connection")[0]["name"]
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    publish_raw(broker_url, names.results, [result_body(job_id) for job_id in ids])
+    return name, connection, ids
+
+
 def unacked_on(connection: str) -> int:
     """Deliveries unacked on the channels of one connection (by the broker's name for it)."""
     channels = management("channels")
@@ -384,15 +399,7 @@ def test_results_are_acked_only_after_their_commit(
     lock = write_lock(path)
     collector = CollectorThread(f"{broker_url}?heartbeat={SHORT_HEARTBEAT}", names, store)
     try:
-        wait_until(
-            lambda: queue_counts(broker_url, names.results, TEST_CONNECTION)[1] == 1,
-            60,
-            "the collector consuming",
-        )
-        name = connection_name("collector", socket.gethostname(), names.jobs)
-        connection = wait_until(lambda: named_connections(name), 60, "its connection")[0]["name"]
-        ids = [str(uuid.uuid4()) for _ in range(30)]
-        publish_raw(broker_url, names.results, [result_body(job_id) for job_id in ids])
+        name, connection, ids = publish_to_a_consuming_collector(broker_url, names, 30)
         wait_until(lambda: queue_info(names.results).get("messages_unacknowledged") == 30, 60, "30 unacked")
         wait_until(lambda: store.writes_begun, 60, "a write begun")
         assert stored_ids(path) == []
@@ -419,15 +426,7 @@ def test_a_batch_committed_after_its_session_was_lost_is_not_acked_on_the_next(
     # One batch of exactly the 30 results, flushed as the last arrives.
     collector = CollectorThread(proxy.url(), names, store, batch_size=30, flush_interval=600)
     try:
-        wait_until(
-            lambda: queue_counts(broker_url, names.results, TEST_CONNECTION)[1] == 1,
-            60,
-            "the collector consuming",
-        )
-        name = connection_name("collector", socket.gethostname(), names.jobs)
-        first = wait_until(lambda: named_connections(name), 60, "its connection")[0]["name"]
-        ids = [str(uuid.uuid4()) for _ in range(30)]
-        publish_raw(broker_url, names.results, [result_body(job_id) for job_id in ids])
+        name, first, ids = publish_to_a_consuming_collector(broker_url, names, 30)
         wait_until(lambda: store.writes_begun == 1, 60, "the batch in the writer's hands")
         proxy.cut()  # while the writer waits on the lock
         proxy.restore()
