@@ -64,7 +64,8 @@ stats: setup
 
 demo: broker image
 	@$(MAKE) -s vms N=$(N) COST=$(DEMO_COST)
-	@deploy/demo.sh --vms $(N)
+	@# The demo's domains and overlays go when it ends, whatever its outcome.
+	@status=0; deploy/demo.sh --vms $(N) || status=$$?; $(MAKE) -s unvms; exit $$status
 
 # make chaos: the system on real VMs under load and a fault schedule, on a RabbitMQ node of its own
 # (deploy/chaos/run.py); DURATION = seconds of load, e.g. `make chaos DURATION=180`.
