@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from virtscale.config import DNS_LABEL, OneLineParser, host_or_address, queue_name
+from virtscale.config import DNS_LABEL, OneLineParser, host_or_address, port_number, queue_name
+from virtscale.worker.cli import bcrypt_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 PROG = "deploy/cloud_init.py"
@@ -57,18 +58,6 @@ def worker_name(text: str) -> str:
 def broker_host(text: str) -> str:
     """An IPv4 address or a DNS name: the nftables rule matches it with `ip daddr`."""
     return host_or_address(text, ipv4_only=True)
-
-
-def tcp_port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number, 1-65535, got {text!r}")
-    return int(text)
-
-
-def bcrypt_cost(text: str) -> int:
-    if not text.isdigit() or not 4 <= int(text) <= 31:
-        raise argparse.ArgumentTypeError(f"must be between 4 and 31, got {text!r}")
-    return int(text)
 
 
 def broker_user(text: str) -> str:
@@ -170,7 +159,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "--broker", required=True, type=broker_host, help="broker address as the guest sees it"
     )
-    parser.add_argument("--port", type=tcp_port, default=5672)
+    parser.add_argument("--port", type=port_number, default=5672)
     parser.add_argument("--user", type=broker_user, default="worker")
     parser.add_argument("--password-file", metavar="FILE", default="var/secrets/worker")
     parser.add_argument("--queue", type=queue_name, default="licenses")

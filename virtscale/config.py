@@ -119,6 +119,20 @@ def bounded_float(low: float, high: float, *, low_open: bool = False) -> Callabl
     return bounded
 
 
+#: TCP ports to listen on or connect to; 0 would mean "any free port", which no client could find.
+PORTS = range(1, 65536)
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}") from None
+    if value not in PORTS:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
+    return value
+
+
 def bounded_int(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number from ``low`` to ``high``."""
 

@@ -1,23 +1,10 @@
-"""Start-up checks shared by the scaler's subcommands: a flag that names a file to write or a
-port to serve on is checked before anything starts, and a bad one is a one-line error."""
+"""Start-up checks shared by the scaler's subcommands: a flag that names a file to write is
+checked before anything starts, and a bad one is a one-line error."""
 
 from __future__ import annotations
 
 import argparse
 import os
-
-#: Ports a server may listen on; 0 would mean "any free port", which no scraper could find.
-PORTS = range(1, 65536)
-
-
-def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}") from None
-    if value not in PORTS:
-        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
-    return value
 
 
 def check_writable(parser: argparse.ArgumentParser, flag: str, path: str | None) -> None:

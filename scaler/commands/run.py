@@ -14,9 +14,9 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from virtscale.config import OneLineParser, host_or_address
+from virtscale.config import OneLineParser, host_or_address, port_number
 from virtscale.console import start_console
-from virtscale.scaler.commands.checks import check_writable, port_number
+from virtscale.scaler.commands.checks import check_writable
 from virtscale.scaler.commands.pool import add_pool_options, check_broker, connect_hypervisors, queue_monitor
 from virtscale.scaler.live import LiveView
 from virtscale.scaler.loop import EventsFile, Scaler, TickReport
