@@ -46,7 +46,6 @@ def build_parser() -> OneLineParser:
         prog="virtscale-collector",
         description=__doc__,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "command",

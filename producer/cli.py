@@ -51,7 +51,6 @@ def build_parser() -> OneLineParser:
         prog="virtscale-producer",
         description=__doc__,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common_options(parser)
     parser.add_argument(

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from virtscale.config import OneLineParser, add_version_option, configure_logging
 from virtscale.scaler.commands import run, simulate, status, trace
 
@@ -23,7 +21,6 @@ def build_parser() -> OneLineParser:
         prog="virtscale-scaler",
         description=__doc__,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_version_option(parser)
     commands = parser.add_subparsers(

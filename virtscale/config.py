@@ -30,7 +30,12 @@ QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line and exit status 2."""
+    """An ArgumentParser whose errors are one line and exit status 2. Its help keeps the layout
+    of the description and of the examples every command ends its help with."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         # argparse repeats raw arguments in its messages: a newline in one must not make two lines.

@@ -8,7 +8,6 @@ comes from virtscale.topology_spec.
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import sys
@@ -48,7 +47,6 @@ def build_parser() -> OneLineParser:
         prog=PROG,
         description=f"{__doc__}\ncommands:\n{commands}",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "command",

@@ -53,7 +53,6 @@ def add_parser(commands) -> None:
         help="the control loop (--once for one tick, --dry-run to change nothing)",
         description=DESCRIPTION,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_pool_options(parser)
     add_policy_options(parser)

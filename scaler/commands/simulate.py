@@ -43,7 +43,6 @@ def add_parser(commands) -> None:
         help="replay a load profile or trace against a policy, offline",
         description=DESCRIPTION,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_policy_options(parser)
     add_world_options(parser)

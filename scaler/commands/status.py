@@ -37,7 +37,6 @@ def add_parser(commands) -> None:
         help="the pool and the queue, once",
         description=DESCRIPTION,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_pool_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -34,7 +34,6 @@ def add_parser(commands) -> None:
         help="turn a run's --events file into a load trace for simulate",
         description=DESCRIPTION,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("events", metavar="FILE", help="events file written by `run --events FILE`")
     add_logging_options(parser, default_level="WARNING")
