@@ -118,8 +118,8 @@ class Hypervisor:
         """Clock time from which the next connection attempt may be made."""
         return self._next_attempt
 
-    @classmethod
-    def check_uri(cls, uri: str) -> None:
+    @staticmethod
+    def check_uri(uri: str) -> None:
         """Open and close ``uri`` once: HypervisorRefused if libvirt cannot open it at all,
         HypervisorUnavailable if only the daemon is not answering (worth retrying)."""
         try:

@@ -4,7 +4,6 @@ node on 5672 that everything else on this machine uses."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -144,8 +143,3 @@ class ChaosNode:
             c.get("user_provided_name") or (c.get("client_properties") or {}).get("connection_name") or ""
             for c in connections
         ]
-
-
-def owner_exists() -> bool:
-    """The Debian package's rabbitmq account and scripts are here."""
-    return (RABBITMQ_BIN / "rabbitmq-server").exists() and os.path.isdir(RABBITMQ_HOME)

@@ -157,8 +157,8 @@ def test_libvirtd_unreachable_is_retried_with_backoff_and_recovers(broker_url, n
     for _ in range(4):
         report = scaler.tick()
         assert report.degraded and "Failed to connect socket" in " ".join(report.problems)
-        waits.append(hypervisor._next_attempt - clock.now)
-        clock.now = hypervisor._next_attempt
+        waits.append(hypervisor.next_attempt - clock.now)
+        clock.now = hypervisor.next_attempt
     assert waits == sorted(waits) and waits[-1] > waits[0], "backoff grows"
     socket_path.symlink_to(real_socket)
     wait_for_statistics(scaler)
