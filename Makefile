@@ -10,7 +10,7 @@ SECRETS := var/secrets
 # Each component connects as its own least-privilege user; the password comes from a file.
 as = --amqp-url amqp://$(1)@$(BROKER_HOST)/%2F --password-file $(SECRETS)/$(1) --queue $(QUEUE)
 
-.PHONY: setup broker image vms unvms producer worker collector stats scaler status demo test test-unit cloud-init \
+.PHONY: setup broker image template vms unvms tag host-b producer worker collector stats scaler status demo test test-unit cloud-init \
 	bench bench-policy lint clean chaos
 N ?= 3
 COST ?= 12
@@ -19,6 +19,10 @@ DEMO_COST ?= 10
 DOMAIN_TYPE ?= auto
 NETWORK ?= user
 NAME ?= worker-1
+POOL ?= vm
+CONNECT ?= qemu:///system
+VCPUS ?= 1
+MEMORY ?= 384
 BROKER ?= 192.168.122.1
 
 setup:
@@ -31,9 +35,23 @@ broker: setup
 image: setup
 	@deploy/image/build.sh
 
-vms: broker image
-	@$(BIN)/python deploy/vms.py define --count $(N) --queue $(QUEUE) --cost $(COST) \
-		--domain-type $(DOMAIN_TYPE) --network $(NETWORK) --broker-host $(BROKER) --password-file $(SECRETS)/worker
+# The pool's template (var/template/$(POOL).json): what every new pool VM is made of.
+template: broker image
+	@$(BIN)/python deploy/template.py --pool $(POOL) --queue $(QUEUE) --cost $(COST) --vcpus $(VCPUS) \
+		--memory $(MEMORY) --domain-type $(DOMAIN_TYPE) --network $(NETWORK) --broker-host $(BROKER) \
+		--password-file $(SECRETS)/worker
+
+# N VMs of the pool, defined shut off from the template (the scaler also creates more on demand).
+vms: template
+	@$(BIN)/python deploy/vms.py define --pool $(POOL) --count $(N) --connect $(CONNECT)
+
+# Tag domains you made yourself as members of the pool: make tag DOMAINS="my-vm-1 my-vm-2".
+tag: setup
+	@$(BIN)/virtscale-scaler tag --pool $(POOL) --connect $(CONNECT) $(DOMAINS)
+
+# A second libvirt host on this machine: the session daemon of the user virtscale-b.
+host-b: setup
+	@deploy/second_host.sh
 
 cloud-init: broker
 	@mkdir -p var/cloud-init
@@ -42,7 +60,9 @@ cloud-init: broker
 	@echo "cloud-init user-data: var/cloud-init/$(NAME).yaml"
 
 unvms: setup
-	@$(BIN)/python deploy/vms.py undefine
+	@$(BIN)/python deploy/vms.py undefine --pool $(POOL) --connect $(CONNECT)
+	@if [ -S "$$(deploy/second_host.sh --socket)" ]; then \
+		$(BIN)/python deploy/vms.py undefine --pool $(POOL) --connect "$$(deploy/second_host.sh --uri)"; fi
 
 producer: broker
 	$(BIN)/virtscale-producer $(call as,producer) $(ARGS)

@@ -37,7 +37,7 @@ def tick_cost(sizes=(10, 100, 1000), ticks: int = 20) -> None:
     print(f"{'domains':>8} {'tick ms':>8} {'libvirt ms':>10} {'queue ms':>9} {'ms/domain':>10}")
     with tempfile.TemporaryDirectory() as directory:
         for size in sizes:
-            hypervisor = Hypervisor(f"test://{node_file(size, directory)}", "vm-*")
+            hypervisor = Hypervisor(f"test://{node_file(size, directory)}", "vm")
             scaler = Scaler(
                 [hypervisor], monitor, Policy(PolicyConfig(max_vms=size)), window=30, dry_run=True
             )

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 from virtscale.config import OneLineParser, add_version_option, configure_logging
-from virtscale.scaler.commands import run, simulate, status, trace
+from virtscale.scaler.commands import run, simulate, status, tag, trace
 
 EXAMPLES = """\
 examples:
   virtscale-scaler status
   virtscale-scaler run --dry-run --max 6 --events var/events.jsonl
   virtscale-scaler simulate --policy all --profile bursty
+  virtscale-scaler tag --pool vm my-worker-1 my-worker-2
 """
 
 
@@ -26,7 +27,7 @@ def build_parser() -> OneLineParser:
     commands = parser.add_subparsers(
         title="commands", dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser
     )
-    for command in (run, status, simulate, trace):
+    for command in (run, status, simulate, trace, tag):
         command.add_parser(commands)
     return parser
 

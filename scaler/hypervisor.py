@@ -1,15 +1,17 @@
-"""Everything that talks to libvirt: the pool's domains, their state and CPU time, and the
-three things the scaler ever does to one (start, ACPI shutdown, destroy).
+"""Everything that talks to libvirt: the pool's domains, their state and CPU time, the host's
+free capacity, and what the scaler does to a domain (create, start, ACPI shutdown, destroy,
+delete).
 
-Only domains whose names match the pool glob are ever looked at or touched.
-Nothing outside this module imports libvirt, and no libvirtError leaves it: each one comes
-out as HypervisorUnavailable (no answer this time) or ActionFailed (a refused action).
+Only domains whose metadata carries the pool's tag (scaler/ownership.py) are ever looked at or
+touched, whatever their names; an action checks the tag again just before it acts.
+Nothing outside this module and scaler/provisioning.py imports libvirt, and no libvirtError
+leaves them: each one comes out as HypervisorUnavailable (no answer this time) or ActionFailed
+(a refused action).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +21,10 @@ import libvirt
 import tenacity
 
 from virtscale.backoff import reconnect_wait
+from virtscale.scaler import ownership
+from virtscale.scaler.ownership import FROM_TEMPLATE, PoolTag
+from virtscale.scaler.provisioning import HostStorage
+from virtscale.scaler.template import Template
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,10 @@ STATE_NAMES = {
 BULK_STATS = (
     libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_VCPU
 )
+#: Seconds a domain's pool tag is trusted before it is read again: tagging (make tag) is
+#: noticed within this, while a tick reads the metadata of new domains only. Actions always
+#: read it afresh.
+OWNERSHIP_RECHECK = 30.0
 
 #: libvirt error codes that mean the connection to libvirtd is gone (reconnect), not a bad request.
 CONNECTION_ERRORS = frozenset(
@@ -80,6 +90,29 @@ class DomainSample:
     vcpus: int
     #: Monotonic seconds when it was sampled.
     sampled_at: float
+    #: ownership.FROM_TEMPLATE (created on demand, deleted on scale-in) or ownership.DEFINED.
+    origin: str = ownership.DEFINED
+    #: The worker image it was made from ("" when unknown).
+    image: str = ""
+
+    @property
+    def on_demand(self) -> bool:
+        return self.origin == FROM_TEMPLATE
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """One tick's view of one host: the pool's domains and what room is left for more."""
+
+    uri: str
+    domains: list[DomainSample]
+    #: Every domain name on the host, the pool's or not: a new domain must not take one.
+    names: frozenset[str]
+    #: Bytes of memory the host could still give (free + page cache); None if not reported.
+    free_memory: int | None
+    cpus: int
+    #: vCPUs of all running domains on the host, the pool's or not.
+    committed_vcpus: int
 
 
 def _reason(exc: libvirt.libvirtError) -> str:
@@ -104,6 +137,8 @@ class Hypervisor:
         self.uri = uri
         self.pool = pool
         self.clock = clock
+        #: Pool tag (or None) by domain UUID, and when it was read.
+        self._tags: dict[str, tuple[PoolTag | None, float]] = {}
         self._connection: libvirt.virConnect | None = None
         self._wait = reconnect_wait()
         #: The failed opens since the last success (None: the last open worked).
@@ -129,8 +164,19 @@ class Hypervisor:
                 raise HypervisorUnavailable(f"{uri}: {_reason(exc)}") from None
             raise HypervisorRefused(f"--connect {uri!r}: {_reason(exc)}") from None
 
-    def in_pool(self, name: str) -> bool:
-        return fnmatch.fnmatchcase(name, self.pool)
+    def _tag(self, domain: libvirt.virDomain, now: float) -> PoolTag | None:
+        """The domain's pool tag, read again after OWNERSHIP_RECHECK seconds."""
+        uuid = domain.UUIDString()
+        cached = self._tags.get(uuid)
+        if cached is not None and now - cached[1] < OWNERSHIP_RECHECK:
+            return cached[0]
+        tag = read_tag(domain)
+        self._tags[uuid] = (tag, now)
+        return tag
+
+    def _owned(self, domain: libvirt.virDomain, now: float) -> PoolTag | None:
+        tag = self._tag(domain, now)
+        return tag if tag is not None and tag.pool == self.pool else None
 
     def _connect(self) -> libvirt.virConnect:
         connection = self._connection
@@ -189,35 +235,47 @@ class Hypervisor:
             raise failed(f"{what} on {self.uri}: {_reason(exc)}") from None
 
     def sample(self) -> list[DomainSample]:
-        """The pool's domains: one bulk stats call; per-domain info only where the driver's
-        bulk call reports no CPU figures (libvirt's test driver)."""
+        return self.sample_host().domains
 
-        def collect(connection: libvirt.virConnect) -> list[DomainSample]:
+    def sample_host(self) -> HostSample:
+        """The pool's domains and the host's room: one bulk stats call; per-domain info only
+        where the driver's bulk call reports no CPU figures (libvirt's test driver)."""
+
+        def collect(connection: libvirt.virConnect) -> HostSample:
             now = self.clock()
-            samples = []
+            samples, names, uuids, committed = [], set(), set(), 0
             for domain, stats in connection.getAllDomainStats(BULK_STATS, 0):
-                name = domain.name()
-                if not self.in_pool(name):
-                    continue
+                names.add(domain.name())
+                uuids.add(domain.UUIDString())
                 state = STATE_NAMES.get(stats.get("state.state"), "nostate")
-                cpu_time = stats.get("cpu.time")
-                vcpus = stats.get("vcpu.current")
-                if state != "shutoff" and (cpu_time is None or vcpus is None):
-                    cpu_time, vcpus = self._cpu_fallback(domain, cpu_time, vcpus)
-                samples.append(
-                    DomainSample(
-                        name=name,
-                        uri=self.uri,
-                        state=state,
-                        run_id=domain.ID(),
-                        cpu_time_ns=cpu_time if state != "shutoff" else None,
-                        vcpus=int(vcpus or 1),
-                        sampled_at=now,
-                    )
-                )
-            return samples
+                if state != "shutoff":
+                    committed += int(stats.get("vcpu.current") or 0)
+                tag = self._owned(domain, now)
+                if tag is not None:
+                    samples.append(self._domain_sample(domain, stats, state, tag, now))
+            self._tags = {uuid: tag for uuid, tag in self._tags.items() if uuid in uuids}
+            return HostSample(
+                self.uri, samples, frozenset(names), _free_memory(connection), _cpus(connection), committed
+            )
 
         return self._call("sampling", collect, HypervisorUnavailable)
+
+    def _domain_sample(self, domain, stats: dict, state: str, tag: PoolTag, now: float) -> DomainSample:
+        cpu_time = stats.get("cpu.time")
+        vcpus = stats.get("vcpu.current")
+        if state != "shutoff" and (cpu_time is None or vcpus is None):
+            cpu_time, vcpus = self._cpu_fallback(domain, cpu_time, vcpus)
+        return DomainSample(
+            name=domain.name(),
+            uri=self.uri,
+            state=state,
+            run_id=domain.ID(),
+            cpu_time_ns=cpu_time if state != "shutoff" else None,
+            vcpus=int(vcpus or 1),
+            sampled_at=now,
+            origin=tag.origin,
+            image=tag.image,
+        )
 
     @staticmethod
     def _cpu_fallback(domain, cpu_time, vcpus) -> tuple[int | None, int | None]:
@@ -240,12 +298,109 @@ class Hypervisor:
         """Pull the plug; unacked jobs go back to the queue, the broker redelivers them."""
         self._act(name, "destroy", lambda domain: domain.destroy())
 
-    def _act(self, name: str, what: str, action: Callable[[libvirt.virDomain], object]) -> None:
-        if not self.in_pool(name):
-            raise ActionFailed(f"refusing to {what} {name}: not in pool {self.pool!r}")
+    def delete(self, name: str) -> None:
+        """Destroy, undefine and remove the volumes of a domain the scaler created; one an
+        operator defined is never deleted."""
 
+        def delete(domain: libvirt.virDomain) -> None:
+            if read_tag(domain).origin != FROM_TEMPLATE:
+                raise ActionFailed(
+                    f"refusing to delete {name}: defined by an operator, not created by the scaler"
+                )
+            self._storage(domain.connect()).delete(name)
+
+        self._act(name, "delete", delete)
+
+    def create(self, name: str, template: Template, settings: bytes, *, start: bool = True) -> None:
+        """A new pool domain from ``template`` (volumes through libvirt's storage API), started
+        unless ``start`` is False. Refused if the host already has a domain of that name."""
+
+        def create(connection: libvirt.virConnect) -> None:
+            with contextlib.suppress(libvirt.libvirtError):
+                connection.lookupByName(name)
+                raise ActionFailed(f"refusing to create {name} on {self.uri}: a domain of that name exists")
+            self._storage(connection).create(name, template, template.tag(), settings, start=start)
+
+        self._call(f"create {name}", create, ActionFailed)
+        log.info("%s: create %s (image %s)", self.uri, name, template.image.id)
+
+    def collect_garbage(self, images_in_use: set[str]) -> list[str]:
+        """Remove uploaded images nothing uses and volumes of domains that no longer exist."""
+
+        def collect(connection: libvirt.virConnect) -> list[str]:
+            domains = connection.listAllDomains()
+            in_use = set(images_in_use)
+            for domain in domains:
+                tag = read_tag(domain)  # any pool's: another pool may share the storage pool
+                if tag is not None and tag.image:
+                    in_use.add(tag.image)
+            return self._storage(connection).collect_garbage(in_use, {d.name() for d in domains})
+
+        removed = self._call("collecting garbage", collect, ActionFailed)
+        if removed:
+            log.info("%s: removed unused volumes %s", self.uri, ", ".join(removed))
+        return removed
+
+    def tag(self, name: str, origin: str = ownership.DEFINED) -> None:
+        """Put the pool's tag on an existing domain (persistently, and live if it runs). A
+        domain tagged for another pool is refused: it is someone else's."""
+
+        def tag(connection: libvirt.virConnect) -> None:
+            domain = connection.lookupByName(name)
+            current = read_tag(domain)
+            if current is not None and current.pool != self.pool:
+                raise ActionFailed(f"refusing to tag {name}: it belongs to pool {current.pool!r}")
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if domain.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            element = PoolTag(self.pool, origin, current.image if current else "").element()
+            domain.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, element, ownership.PREFIX, ownership.NAMESPACE, flags
+            )
+            self._tags.pop(domain.UUIDString(), None)
+
+        self._call(f"tag {name}", tag, ActionFailed)
+        log.info("%s: tagged %s for pool %s", self.uri, name, self.pool)
+
+    def _storage(self, connection: libvirt.virConnect) -> HostStorage:
+        return HostStorage(connection)
+
+    def _act(self, name: str, what: str, action: Callable[[libvirt.virDomain], object]) -> None:
         def run(connection: libvirt.virConnect) -> None:
-            action(connection.lookupByName(name))
+            domain = connection.lookupByName(name)
+            tag = read_tag(domain)  # afresh: never act on a domain that is not the pool's now
+            if tag is None or tag.pool != self.pool:
+                raise ActionFailed(
+                    f"refusing to {what} {name} on {self.uri}: not tagged for pool {self.pool!r}"
+                )
+            action(domain)
 
         self._call(f"{what} {name}", run, ActionFailed)
         log.info("%s: %s %s", self.uri, what, name)
+
+
+def read_tag(domain: libvirt.virDomain) -> PoolTag | None:
+    """The domain's pool tag as libvirt has it now; None if it has none."""
+    try:
+        return ownership.parse(domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, ownership.NAMESPACE))
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_SUPPORT):
+            return None
+        raise
+
+
+def _free_memory(connection: libvirt.virConnect) -> int | None:
+    """What the host could still give a new guest: free memory plus the page cache, bytes."""
+    try:
+        stats = connection.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
+        return 1024 * sum(stats.get(key, 0) for key in ("free", "buffers", "cached"))
+    except libvirt.libvirtError:
+        pass
+    try:
+        return connection.getFreeMemory() or None
+    except libvirt.libvirtError:
+        return None
+
+
+def _cpus(connection: libvirt.virConnect) -> int:
+    return int(connection.getInfo()[2])

@@ -14,9 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from virtscale.scaler.cpu import CpuWindow
-from virtscale.scaler.hypervisor import ActionFailed, DomainSample, Hypervisor, HypervisorUnavailable
+from virtscale.scaler.fleet import Fleet
+from virtscale.scaler.hypervisor import (
+    ActionFailed,
+    DomainSample,
+    HostSample,
+    Hypervisor,
+    HypervisorUnavailable,
+)
+from virtscale.scaler.placement import HostRoom
 from virtscale.scaler.policy import (
+    CREATE,
+    DELETE,
     DESTROY,
+    LOST,
     SHUTDOWN,
     START,
     UNKNOWN,
@@ -25,6 +36,7 @@ from virtscale.scaler.policy import (
     Policy,
     VmView,
 )
+from virtscale.scaler.template import Template, TemplateError
 from virtscale.scaler.queue_monitor import QueueMonitor, QueueReading
 
 log = logging.getLogger(__name__)
@@ -46,6 +58,8 @@ class Listing:
     connections: int = 0
     #: Consecutive ticks since then whose lists lacked some of ``names``.
     doubtful_ticks: int = 0
+    #: Clock time since which the host has not answered (None: it answered last time).
+    unreachable_since: float | None = None
 
 
 @dataclass
@@ -55,7 +69,15 @@ class DomainsSeen:
     samples: list[DomainSample] = field(default_factory=list)
     #: Pool domains listed before that this tick could not see for certain.
     unseen: list[str] = field(default_factory=list)
+    #: Pool domains on a host unreachable for longer than the grace: counted as gone.
+    lost: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: Each host by URI as sampled this tick (None: no answer).
+    hosts: dict[str, HostSample | None] = field(default_factory=dict)
+    #: Host URI of every pool domain seen or remembered.
+    host_of: dict[str, str] = field(default_factory=dict)
+    #: Notes on hosts that do not make the tick degraded (a host given up as lost).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -71,6 +93,13 @@ class TickReport:
     failed_actions: list[str] = field(default_factory=list)
     #: Pool domains whose state this tick could not see (UNKNOWN to the policy).
     unseen: list[str] = field(default_factory=list)
+    #: Pool domains on a host given up as lost.
+    lost: list[str] = field(default_factory=list)
+    #: Host URI of each pool domain.
+    host_of: dict[str, str] = field(default_factory=dict)
+    #: Per host: reachable, pool domains by state, cap.
+    hosts: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def degraded(self) -> bool:
@@ -91,11 +120,15 @@ class TickReport:
                 "state": s.state,
                 "cpu": None if self.cpu.get(s.name) is None else round(self.cpu[s.name], 1),
                 "consuming": s.name in self.reading.consuming if known else None,
+                "host": s.uri,
             }
             for s in self.samples
         }
-        for name in self.unseen:
-            domains.setdefault(name, {"state": UNKNOWN, "cpu": None, "consuming": None})
+        for state, names in ((UNKNOWN, self.unseen), (LOST, self.lost)):
+            for name in names:
+                domains.setdefault(
+                    name, {"state": state, "cpu": None, "consuming": None, "host": self.host_of.get(name)}
+                )
         return domains
 
     def event(self) -> dict:
@@ -116,6 +149,8 @@ class TickReport:
             "degraded": self.degraded,
             "refused": self.refused,
             "problems": self.problems + self.failed_actions,
+            "hosts": self.hosts,
+            "notes": self.notes,
         }
 
 
@@ -132,6 +167,7 @@ class Scaler:
         wall_clock: Callable[[], float] = time.time,
         on_tick: Callable[[TickReport], None] | None = None,
         log_decisions: bool = True,
+        fleet: Fleet | None = None,
     ):
         self.hypervisors = hypervisors
         self.monitor = monitor
@@ -143,14 +179,19 @@ class Scaler:
         self.on_tick = on_tick
         #: False for a scaler that only observes (status): its policy's decision means nothing.
         self.log_decisions = log_decisions
+        self.fleet = fleet
         self._owner: dict[str, Hypervisor] = {}
         self._listings: dict[Hypervisor, Listing] = {}
+        #: This tick's template and placement rooms, for act().
+        self._template: Template | None = None
+        self._rooms: list[HostRoom] = []
 
     def tick(self) -> TickReport:
         seen = self.observe_domains()
         reading = self.read_queue()
         problems = seen.problems + ([reading.problem or "queue reading degraded"] if reading.degraded else [])
         cpu = {s.name: self.cpu.percent(s.uri, s.name) for s in seen.samples}
+        room, room_note, new_names = self._room(seen, problems)
         observation = Observation(
             now=self.clock(),
             depth=reading.depth,
@@ -159,10 +200,23 @@ class Scaler:
             vms=self._views(seen, reading, cpu),
             consumers_known=reading.consumers_known,
             degraded=bool(problems),
+            room=room,
+            new_names=new_names,
+            room_note=room_note,
         )
         decision = self.policy.decide(observation)
         report = TickReport(
-            self.wall_clock(), reading, seen.samples, cpu, decision, problems, unseen=seen.unseen
+            self.wall_clock(),
+            reading,
+            seen.samples,
+            cpu,
+            decision,
+            problems,
+            unseen=seen.unseen,
+            lost=seen.lost,
+            host_of=seen.host_of,
+            hosts=self._host_summary(seen),
+            notes=seen.notes,
         )
         if self.log_decisions:
             log.info("%s%s", "[dry-run] " if self.dry_run else "", decision.reason)
@@ -170,6 +224,36 @@ class Scaler:
         if self.on_tick:
             self.on_tick(report)
         return report
+
+    def _room(self, seen: DomainsSeen, problems: list[str]) -> tuple[int, str, tuple[str, ...]]:
+        """How many domains the hosts can take now, why not more, and free names for them."""
+        self._template, self._rooms = None, []
+        if self.fleet is None:
+            return 0, "", ()
+        try:
+            self._template = self.fleet.template()
+        except TemplateError as exc:
+            problems.append(str(exc))
+            return 0, str(exc), ()
+        self._rooms = self.fleet.rooms(seen.hosts)
+        limit = self.policy.config.max_vms + 1  # a refresh may go one over
+        room, note = self.fleet.room(self._rooms, self._template, limit)
+        taken = set(seen.host_of) | {name for host in seen.hosts.values() if host for name in host.names}
+        return room, note, self.fleet.new_names(taken, room)
+
+    def _host_summary(self, seen: DomainsSeen) -> dict[str, dict]:
+        """Per host: whether it answered, its pool domains by state, and its cap."""
+        summary = {}
+        for uri, host in seen.hosts.items():
+            states: dict[str, int] = {}
+            for sample in host.domains if host else ():
+                states[sample.state] = states.get(sample.state, 0) + 1
+            summary[uri] = {
+                "reachable": host is not None,
+                "domains": states,
+                "cap": self.fleet.cap(uri) if self.fleet else None,
+            }
+        return summary
 
     def read_queue(self) -> QueueReading:
         """The queue reading; a refusal is logged as an error every tick, as it will not pass."""
@@ -179,7 +263,9 @@ class Scaler:
         return reading
 
     def _views(self, seen: DomainsSeen, reading: QueueReading, cpu: dict[str, float | None]):
-        """What the policy sees of each domain: sampled ones as sampled, unseen ones UNKNOWN."""
+        """What the policy sees of each domain: sampled ones as sampled, unseen ones UNKNOWN,
+        those of a host given up as LOST."""
+        image = self._template.image.id if self._template else None
         sampled = tuple(
             VmView(
                 s.name,
@@ -187,10 +273,13 @@ class Scaler:
                 cpu[s.name],
                 s.name in reading.consuming,
                 self.cpu.percent(s.uri, s.name, last_only=True),
+                on_demand=s.on_demand,
+                stale=image is not None and bool(s.image) and s.image != image,
             )
             for s in seen.samples
         )
-        return sampled + tuple(VmView(name, UNKNOWN, None, name in reading.consuming) for name in seen.unseen)
+        unseen = tuple(VmView(name, UNKNOWN, None, name in reading.consuming) for name in seen.unseen)
+        return sampled + unseen + tuple(VmView(name, LOST) for name in seen.lost)
 
     def observe_domains(self) -> DomainsSeen:
         seen = DomainsSeen()
@@ -198,20 +287,27 @@ class Scaler:
             self._observe(hypervisor, seen)
         sampled = {sample.name for sample in seen.samples}
         seen.unseen = sorted(set(seen.unseen) - sampled)
+        seen.lost = sorted(set(seen.lost) - sampled)
         self.cpu.add(seen.samples)
         return seen
 
     def _observe(self, hypervisor: Hypervisor, seen: DomainsSeen) -> None:
         """One connection's domains into ``seen``. A failed sample leaves every domain it listed
-        last unseen; so does, for up to REATTACH_TICKS ticks, a list that lacks some of them
-        just after a reconnect (or lacks all of them), as libvirt may not have reattached them."""
+        last unseen (lost once the host has been silent for the fleet's grace); so does, for up
+        to REATTACH_TICKS ticks, a list that lacks some of them just after a reconnect (or lacks
+        all of them), as libvirt may not have reattached them."""
         listing = self._listings.setdefault(hypervisor, Listing())
+        for name in listing.names:
+            seen.host_of[name] = hypervisor.uri
         try:
-            found = hypervisor.sample()
+            host = hypervisor.sample_host()
         except HypervisorUnavailable as exc:
-            seen.problems.append(str(exc))
-            seen.unseen += listing.names
+            seen.hosts[hypervisor.uri] = None
+            self._unreachable(hypervisor, listing, str(exc), seen)
             return
+        listing.unreachable_since = None
+        seen.hosts[hypervisor.uri] = host
+        found = host.domains
         names = frozenset(sample.name for sample in found)
         missing = listing.names - names
         reconnected = hypervisor.connections != listing.connections
@@ -229,22 +325,77 @@ class Scaler:
             if sample.name in self._owner and self._owner[sample.name] is not hypervisor:
                 seen.problems.append(f"{sample.name} is defined on two connections; using {sample.uri}")
             self._owner[sample.name] = hypervisor
+            seen.host_of[sample.name] = hypervisor.uri
         seen.samples += found
+
+    def _unreachable(self, hypervisor: Hypervisor, listing: Listing, problem: str, seen: DomainsSeen) -> None:
+        """A host that did not answer: its domains are UNKNOWN (the tick degraded) for the
+        fleet's grace period, then LOST: their capacity is replaced on the other hosts, and the
+        pool may shrink again, as nothing can be known of them until the host answers."""
+        now = self.clock()
+        if listing.unreachable_since is None:
+            listing.unreachable_since = now
+        grace = self.fleet.config.host_grace if self.fleet else None
+        silent = now - listing.unreachable_since
+        if grace is not None and silent >= grace:
+            seen.lost += listing.names
+            seen.notes.append(
+                f"{hypervisor.uri} unreachable for {silent:.0f} s: its {len(listing.names)} domain(s) "
+                f"counted as lost ({problem})"
+            )
+            return
+        seen.problems.append(problem)
+        seen.unseen += listing.names
 
     def act(self, report: TickReport) -> None:
         if self.dry_run:
             return
+        deleted = set()
         for action in report.decision.actions:
-            hypervisor = self._owner.get(action.domain)
             try:
+                if action.action == CREATE:
+                    self._create(action.domain)
+                    continue
+                hypervisor = self._owner.get(action.domain)
                 if hypervisor is None:
                     raise ActionFailed(f"{action.action} {action.domain}: domain not seen on any connection")
-                {START: hypervisor.start, SHUTDOWN: hypervisor.shutdown, DESTROY: hypervisor.destroy}[
-                    action.action
-                ](action.domain)
-            except (ActionFailed, HypervisorUnavailable) as exc:
+                {
+                    START: hypervisor.start,
+                    SHUTDOWN: hypervisor.shutdown,
+                    DESTROY: hypervisor.destroy,
+                    DELETE: hypervisor.delete,
+                }[action.action](action.domain)
+                if action.action == DELETE:
+                    deleted.add(hypervisor)
+                    self._owner.pop(action.domain, None)
+            except (ActionFailed, HypervisorUnavailable, TemplateError, OSError) as exc:
                 log.error("%s", exc)
                 report.failed_actions.append(str(exc))
+        self._collect_garbage(deleted, report)
+
+    def _create(self, name: str) -> None:
+        """A new domain from the template on the host placement chooses."""
+        if self._template is None or self.fleet is None:
+            raise ActionFailed(f"create {name}: no template (run `make template`, give --template)")
+        room = self.fleet.place(self._rooms, self._template)
+        if room is None:
+            raise ActionFailed(f"create {name}: no host has room")
+        hypervisor = next(h for h in self.hypervisors if h.uri == room.uri)
+        hypervisor.create(name, self._template, self.fleet.settings(name, self._template))
+        self._owner[name] = hypervisor
+
+    def _collect_garbage(self, hosts: set[Hypervisor], report: TickReport) -> None:
+        """After deletions, or when the template changed: remove what nothing uses any more."""
+        if self.fleet is None or self._template is None:
+            return
+        if self.fleet.template_changed:
+            hosts = set(self.hypervisors)
+            self.fleet.template_changed = False
+        for hypervisor in hosts:
+            try:
+                hypervisor.collect_garbage({self._template.image.id})
+            except (ActionFailed, HypervisorUnavailable) as exc:
+                log.warning("%s", exc)
 
     def shutdown_pool(self) -> list[str]:
         """ACPI-shutdown every running pool domain (the --shutdown-on-exit path)."""

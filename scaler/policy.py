@@ -36,13 +36,19 @@ VICTIM_CPU_STEP = 5.0
 #: paper but computes as 3.0000000000000004 asks for 3 VMs, not 4.
 ROUNDING_SLACK = 1e-9
 
-#: Actions the scaler takes on a domain.
+#: Actions the scaler takes on a domain. CREATE makes a new domain from the pool's template
+#: (and starts it); DELETE removes one the scaler created (destroy, undefine, volumes).
 START, SHUTDOWN, DESTROY = "start", "shutdown", "destroy"
+CREATE, DELETE = "create", "delete"
 
 #: The state of a pool domain libvirt did not list this tick although it may well exist (its
 #: connection is down, or libvirtd was just restarted and has not reattached its domains yet).
 #: Nothing is concluded from its absence: it is neither stopped, nor failed, nor drained.
 UNKNOWN = "unknown"
+
+#: The state of a pool domain on a host that has been unreachable for longer than the grace
+#: period: counted as gone (its capacity is replaced elsewhere) but never acted on.
+LOST = "lost"
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,10 @@ class VmView:
     consuming: bool = False
     #: CPU% over the last tick only: what the last tick's ack rate was achieved with.
     cpu_recent: float | None = None
+    #: Created from the template on demand: deleted when it is shut off, not kept for later.
+    on_demand: bool = False
+    #: Runs an older worker image than the template's: replaced one at a time (a refresh).
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,14 @@ class Observation:
     #: Some signal was missing this tick: never scale down on it. (A VM in state UNKNOWN is a
     #: missing signal too, whatever this says.)
     degraded: bool = False
+    #: How many more domains the hosts can take now (placement caps, free memory); 0 without a
+    #: template, when only existing domains can be started.
+    room: int = 0
+    #: Free names for new domains, in the order to use them (more than ``room``: the policy
+    #: skips those its bookkeeping still holds).
+    new_names: tuple[str, ...] = ()
+    #: Why ``room`` is what it is, for the decision's reason when it limits a scale-up.
+    room_note: str = ""
 
     @property
     def complete(self) -> bool:
@@ -197,6 +215,8 @@ class Policy:
         self._previous_now: float | None = None
         #: Domains declared failed in the tick being decided (signals["failed_vms"]).
         self._newly_failed: list[str] = []
+        #: The domain a refresh created beyond the count, while it boots (not capacity yet).
+        self.refresh_surge: str | None = None
 
     # -- the outline -------------------------------------------------------------------
 
@@ -210,7 +230,10 @@ class Policy:
         ready = [vm for vm in obs.vms if self._is_ready(vm, obs.consumers_known)]
         self._track_ready(obs.now, ready)
         booting = [name for name in self.booting if name in vms and self._coming(vms[name], obs.now)]
-        current = len(ready) + len(booting)
+        if self.refresh_surge not in booting:
+            self.refresh_surge = None
+        # A refresh's extra VM is not counted until it consumes: it replaces, it does not add.
+        current = len(ready) + len(booting) - (self.refresh_surge is not None)
         self._learn(obs, ready)
         self._smooth_arrivals(obs)
         self._on_tick(obs)
@@ -243,6 +266,8 @@ class Policy:
                     f"holding {current}: want {desired} for less than "
                     f"{self.config.scale_down_stabilization:g}s"
                 )
+            if not actions and obs.complete:
+                actions += self._refresh(obs, ready, booting, notes)
         reason = f"{summary}; want {desired} -> {target}"
         if notes:
             reason += "; " + "; ".join(notes)
@@ -373,6 +398,17 @@ class Policy:
         for name in list(self.failed):
             if now - self.failed[name] >= self.config.failed_retry_after:
                 del self.failed[name]
+        self._delete_finished(obs, actions, notes)
+
+    def _delete_finished(self, obs: Observation, actions: list[Action], notes: list[str]) -> None:
+        """An on-demand domain that is shut off (drained, failed or crashed) is done with: it
+        is deleted, not kept, and its name may be given to a fresh domain."""
+        for vm in obs.vms:
+            if vm.on_demand and vm.state == "shutoff" and vm.name not in self.booting:
+                actions.append(Action(vm.name, DELETE))
+                notes.append(f"delete {vm.name}")
+                self.draining.pop(vm.name, None)
+                self.failed.pop(vm.name, None)
 
     def _mark_failed(self, name: str, now: float) -> None:
         """A domain that crashed or never consumed: left alone for failed_retry_after, and named
@@ -459,29 +495,69 @@ class Policy:
             return []
         limit = max(self.config.max_start_per_tick, math.floor(current * self.config.max_start_percent / 100))
         count = min(desired - current, limit)
-        candidates = sorted(
+        actions = [Action(name, START) for name in self._startable(vms)[:count]]
+        actions += [Action(name, CREATE) for name in self._creatable(obs, vms, count - len(actions))]
+        if len(actions) < count:
+            notes.append(
+                f"only {len(actions)} of {count} more VM(s) available"
+                + (f": {obs.room_note}" if obs.room_note else ": no shut-off domain and no template")
+            )
+        for action in actions:
+            self.booting[action.domain] = obs.now
+        if actions:
+            self.last_scale_up = obs.now
+            notes.append("; ".join(f"{action.action} {action.domain}" for action in actions))
+        return actions
+
+    def _startable(self, vms: dict[str, VmView]) -> list[str]:
+        """Shut-off domains an operator defined, on the current image, not failed lately."""
+        return sorted(
             (
                 vm.name
                 for vm in vms.values()
-                if vm.state == "shutoff" and vm.name not in self.failed and vm.name not in self.draining
+                if vm.state == "shutoff"
+                and not vm.on_demand
+                and not vm.stale
+                and vm.name not in self.failed
+                and vm.name not in self.draining
             ),
             key=natural_key,
         )
-        chosen = candidates[:count]
-        if len(chosen) < count:
-            notes.append(f"only {len(chosen)} shut-off domain(s) available")
-        for name in chosen:
-            self.booting[name] = obs.now
-        if chosen:
-            self.last_scale_up = obs.now
-            notes.append("start " + ", ".join(chosen))
-        return [Action(name, START) for name in chosen]
+
+    def _creatable(self, obs: Observation, vms: dict[str, VmView], count: int) -> list[str]:
+        """Up to ``count`` names for new domains, within the room the hosts have."""
+        held = self.failed.keys() | self.booting.keys() | self.draining.keys() | vms.keys()
+        free = [name for name in obs.new_names if name not in held]
+        return free[: max(min(count, obs.room), 0)]
+
+    def _refresh(
+        self, obs: Observation, ready: list[VmView], booting: list[str], notes: list[str]
+    ) -> list[Action]:
+        """Replace a VM on an old image, one at a time, never below the current count: a new
+        domain first (one over the count, like an instance refresh's surge), and only once it
+        consumes does a stale one drain (_scale_down prefers the stale)."""
+        stale = [vm.name for vm in ready if vm.stale]
+        if not stale or booting or self.draining:
+            return []
+        names = self._creatable(obs, {vm.name: vm for vm in obs.vms}, 1)
+        if not names:
+            notes.append(f"refresh of {len(stale)} VM(s) on an old image waits for room")
+            return []
+        self.booting[names[0]] = obs.now
+        self.refresh_surge = names[0]
+        notes.append(
+            f"refresh: create {names[0]} to replace one of {', '.join(sorted(stale, key=natural_key))}"
+        )
+        return [Action(names[0], CREATE)]
 
     def _scale_down(
         self, obs: Observation, ready: list[VmView], booting: list[str], notes: list[str]
     ) -> list[Action]:
         """One VM per tick: a booting one first (it holds no work), then the idlest ready one."""
-        if booting:
+        stale = [vm for vm in ready if vm.stale]
+        if stale:
+            victim = max(stale, key=lambda vm: natural_key(vm.name)).name
+        elif booting:
             victim = max(booting, key=natural_key)
             del self.booting[victim]
         else:

@@ -14,7 +14,6 @@ install -m 0755 deploy/image/guest-config.py deploy/image/egress-probe.py "$root
 install -m 0644 deploy/virtscale-worker.service deploy/image/virtscale-config.service \
   deploy/image/virtscale-egress-probe.service "$root/etc/systemd/system/"
 
-echo "qemu_fw_cfg" >"$root/etc/modules-load.d/virtscale.conf"
 # The kernel mounts the root read-write (root=/dev/vda rw): no fstab entry, so nothing at
 # boot waits for udev to announce the disk.
 : >"$root/etc/fstab"

@@ -1,14 +1,17 @@
 #!/usr/bin/python3
 """First thing at boot in a worker VM: read this VM's settings and lock the network down.
 
-Settings reach the guest through QEMU's fw_cfg (the domain XML names a host file), so
-the base image is the same for every VM. Writes:
+Settings reach the guest on a small read-only disk of their own (serial "virtscale-config"),
+a volume the scaler uploads through libvirt's storage API, so the base image is the same for
+every VM and the broker password is in no domain XML. Writes:
   /run/virtscale/worker.env        name, broker URL (no password), queue, cost
   /run/virtscale/password          the broker password (0600), passed as a systemd credential
+  /run/virtscale/egress-probe.json the host ports the boot-time egress check tries
   /run/systemd/network/10-virtscale.network   static user-mode address, or DHCP on a bridge
 and loads an nftables ruleset that lets the guest open connections to the broker only.
 """
 
+import glob
 import json
 import os
 import subprocess
@@ -16,7 +19,10 @@ import sys
 import time
 import urllib.parse
 
-FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/opt/virtscale/config/raw"
+#: The virtio serial number of the settings disk (the domain XML's <serial>).
+SETTINGS_SERIAL = "virtscale-config"
+#: The settings are JSON at the start of the disk, padded with zero bytes.
+SETTINGS_MAX_BYTES = 65536
 RUN = "/run/virtscale"
 
 EGRESS = """flush ruleset
@@ -50,18 +56,30 @@ IPv6AcceptRA=no
 """
 
 
+def read_settings() -> dict:
+    """The JSON on the virtio disk whose serial is SETTINGS_SERIAL (devtmpfs names it vdX)."""
+    for block in sorted(glob.glob("/sys/block/vd*")):
+        try:
+            with open(f"{block}/serial", encoding="ascii") as handle:
+                serial = handle.read().strip()
+        except OSError:
+            continue
+        if serial == SETTINGS_SERIAL:
+            with open(f"/dev/{os.path.basename(block)}", "rb") as disk:
+                return json.loads(disk.read(SETTINGS_MAX_BYTES).rstrip(b"\0"))
+    raise OSError(f"no disk with serial {SETTINGS_SERIAL}")
+
+
 def main() -> int:
     started = time.clock_gettime(time.CLOCK_BOOTTIME)
-    subprocess.run(["modprobe", "qemu_fw_cfg"], check=False)
     try:
-        with open(FW_CFG, encoding="utf-8") as handle:
-            config = json.load(handle)
+        config = read_settings()
     except (OSError, ValueError) as exc:
         # No settings: keep everything closed rather than run with guesses.
         subprocess.run(
             ["nft", "-f", "-"], input=EGRESS.format(host="127.0.0.1", port=1), text=True, check=False
         )
-        print(f"virtscale-config: no usable settings in fw_cfg: {exc}", file=sys.stderr)
+        print(f"virtscale-config: no usable settings disk: {exc}", file=sys.stderr)
         return 1
     url = urllib.parse.urlsplit(config["amqp_url"])
     os.makedirs(RUN, mode=0o700, exist_ok=True)
@@ -79,6 +97,8 @@ def main() -> int:
     descriptor = os.open(f"{RUN}/password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(config["password"])
+    with open(f"{RUN}/egress-probe.json", "w", encoding="utf-8") as handle:
+        json.dump(config.get("egress_probe", []), handle)
     os.makedirs("/run/systemd/network", exist_ok=True)
     network = DHCP_NETWORK if config.get("network") == "dhcp" else USER_MODE_NETWORK
     with open("/run/systemd/network/10-virtscale.network", "w", encoding="ascii") as handle:

@@ -12,9 +12,12 @@ from collections.abc import Callable
 
 from virtscale import defaults
 from virtscale.cli_support import resolve_and_check_amqp_url
-from virtscale.config import add_common_options, check_port, redact_url, split_url
+from virtscale.config import add_common_options, bounded_float, check_port, redact_url, split_url
+from virtscale.scaler import placement
+from virtscale.scaler.fleet import Fleet, FleetConfig
 from virtscale.scaler.hypervisor import Hypervisor, HypervisorRefused, HypervisorUnavailable
 from virtscale.scaler.loop import Scaler, TickReport
+from virtscale.scaler.ownership import pool_name
 from virtscale.scaler.policy import Policy
 from virtscale.scaler.queue_monitor import QueueMonitor
 
@@ -23,11 +26,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT = "qemu:///system"
 
 
-def domain_glob(text: str) -> str:
-    """--pool: an empty glob would match no domain, so the scaler could never act."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must be a glob of domain names such as vm-*, got an empty one")
-    return text
+#: Where `make template` writes the template of pool P: var/template/P.json.
+TEMPLATE_DIR = "var/template"
 
 
 def add_pool_options(parser: argparse.ArgumentParser) -> None:
@@ -41,10 +41,39 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--pool",
-        type=domain_glob,
-        default="vm-*",
-        metavar="GLOB",
-        help="glob of the domain names the scaler manages; no other domain is touched (default: %(default)s)",
+        type=pool_name,
+        default="vm",
+        metavar="NAME",
+        help="the pool: only domains whose libvirt metadata carries this pool's tag are touched; "
+        "new ones are named NAME-<n> (default: %(default)s)",
+    )
+    group.add_argument(
+        "--template",
+        metavar="FILE",
+        help="the pool's template (make template); with it the scaler creates domains on demand "
+        f"and deletes them when it scales in (default: {TEMPLATE_DIR}/NAME.json if it exists)",
+    )
+    group.add_argument(
+        "--host-max",
+        action="append",
+        default=[],
+        metavar="N|URI=N",
+        help="most pool VMs a host runs: N for every host, URI=N for one (repeatable)",
+    )
+    group.add_argument(
+        "--placement",
+        choices=[placement.SPREAD, placement.PACK],
+        default=placement.SPREAD,
+        help="new VMs go to the host with the most free capacity (spread) or the fullest that "
+        "has room (pack) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--host-grace",
+        type=bounded_float(0, 86400),
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a host may be unreachable before its VMs count as lost and are replaced "
+        "on the other hosts (default: %(default)g)",
     )
     group.add_argument(
         "--management-url",
@@ -72,6 +101,22 @@ def queue_monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     auth = (urllib.parse.unquote(amqp.username or "guest"), urllib.parse.unquote(amqp.password or "guest"))
     vhost = urllib.parse.unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
     return QueueMonitor(args.management_url, auth, vhost, args.queue, url, verify=args.management_ca or True)
+
+
+def fleet_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Fleet:
+    """The fleet's configuration from --pool, --template, --host-max, --placement, --host-grace."""
+    uris = args.connect or [DEFAULT_CONNECT]
+    try:
+        host_max, per_uri = placement.parse_host_max(args.host_max, uris)
+    except ValueError as exc:
+        parser.error(str(exc))
+    template = args.template
+    if template is None and os.path.exists(os.path.join(TEMPLATE_DIR, f"{args.pool}.json")):
+        template = os.path.join(TEMPLATE_DIR, f"{args.pool}.json")
+    if template is not None and not os.access(template, os.R_OK):
+        parser.error(f"--template {template}: no such file, or not readable (make template)")
+    config = FleetConfig(args.pool, template, host_max, per_uri, args.placement, args.host_grace)
+    return Fleet(config)
 
 
 def connect_hypervisors(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Hypervisor]:
@@ -108,6 +153,7 @@ def build_scaler(
     on_tick: Callable[[TickReport], None] | None = None,
 ) -> Scaler:
     monitor = queue_monitor(parser, args)
+    fleet = fleet_from(parser, args)
     hypervisors = connect_hypervisors(parser, args)
     check_broker(parser, monitor)
-    return Scaler(hypervisors, monitor, policy, window=window, dry_run=dry_run, on_tick=on_tick)
+    return Scaler(hypervisors, monitor, policy, window=window, dry_run=dry_run, on_tick=on_tick, fleet=fleet)

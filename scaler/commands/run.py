@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from virtscale.config import OneLineParser, host_or_address, port_number
 from virtscale.console import start_console
 from virtscale.scaler.commands.checks import check_writable
-from virtscale.scaler.commands.pool import add_pool_options, check_broker, connect_hypervisors, queue_monitor
+from virtscale.scaler.commands.pool import (
+    add_pool_options,
+    check_broker,
+    connect_hypervisors,
+    fleet_from,
+    queue_monitor,
+)
 from virtscale.scaler.live import LiveView
 from virtscale.scaler.loop import EventsFile, Scaler, TickReport
 from virtscale.scaler.metrics import ScalerMetrics
@@ -123,6 +129,7 @@ def prepare(parser: OneLineParser, args: argparse.Namespace) -> tuple[Scaler, Ti
     connected when a local value is bad. libvirt and the broker come last, as an unreachable
     daemon is only a warning (refused broker credentials exit 1)."""
     config, monitor = check_flags(parser, args)
+    fleet = fleet_from(parser, args)
     events = open_events(parser, args.events)
     metrics = ScalerMetrics(queue=args.queue, pool=args.pool, dry_run=args.dry_run, slo=config.slo)
     if args.metrics_port is not None:
@@ -131,7 +138,13 @@ def prepare(parser: OneLineParser, args: argparse.Namespace) -> tuple[Scaler, Ti
     check_broker(parser, monitor)  # refused credentials: exit 1 now, not a degraded loop
     sinks = TickSinks(metrics, events)
     scaler = Scaler(
-        hypervisors, monitor, Policy(config), window=args.window, dry_run=args.dry_run, on_tick=sinks
+        hypervisors,
+        monitor,
+        Policy(config),
+        window=args.window,
+        dry_run=args.dry_run,
+        on_tick=sinks,
+        fleet=fleet,
     )
     return scaler, sinks
 
