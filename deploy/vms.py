@@ -10,6 +10,7 @@ A domain that is running is left as it is.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import libvirt
 
@@ -32,7 +33,7 @@ def lookup(connection: libvirt.virConnect, name: str) -> libvirt.virDomain | Non
 
 def define(connection: libvirt.virConnect, made: template.Template, count: int) -> None:
     storage = HostStorage(connection)
-    password = open(made.worker.password_file, encoding="utf-8").read().strip()
+    password = Path(made.worker.password_file).read_text().strip()
     for index in range(1, count + 1):
         name = f"{made.pool}-{index}"
         existing = lookup(connection, name)

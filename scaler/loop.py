@@ -36,8 +36,8 @@ from virtscale.scaler.policy import (
     Policy,
     VmView,
 )
-from virtscale.scaler.template import Template, TemplateError
 from virtscale.scaler.queue_monitor import QueueMonitor, QueueReading
+from virtscale.scaler.template import Template, TemplateError
 
 log = logging.getLogger(__name__)
 

@@ -76,7 +76,7 @@ class ScalerMetrics:
         *,
         address: str = "127.0.0.1",
         queue: str = defaults.QUEUE,
-        pool: str = "vm-*",
+        pool: str = "vm",
         dry_run: bool = False,
         slo: float | None = None,
     ):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 
-from virtscale.config import OneLineParser, add_logging_options
+from virtscale.config import OneLineParser, add_logging_options, add_version_option
 from virtscale.scaler.commands.pool import DEFAULT_CONNECT
 from virtscale.scaler.hypervisor import ActionFailed, Hypervisor, HypervisorUnavailable
 from virtscale.scaler.ownership import pool_name
@@ -33,6 +33,7 @@ def add_parser(commands) -> None:
         "--connect", default=DEFAULT_CONNECT, metavar="URI", help="libvirt URI (default: %(default)s)"
     )
     add_logging_options(parser, default_level="WARNING")
+    add_version_option(parser)
     parser.set_defaults(handler=functools.partial(tag, parser))
 
 

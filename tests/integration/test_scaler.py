@@ -22,7 +22,7 @@ NODE = Path(__file__).parent.parent / "data" / "pool-node.xml"
 POOL = ("vm-1", "vm-2", "vm-3", "vm-4")
 
 
-def make_scaler(broker_url, names, clock, management_url, *, dry_run=False, uri=None, pool="vm-*", **policy):
+def make_scaler(broker_url, names, clock, management_url, *, dry_run=False, uri=None, pool="vm", **policy):
     config = PolicyConfig(
         **{
             "min_vms": 1,

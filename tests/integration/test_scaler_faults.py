@@ -56,7 +56,7 @@ def make_scaler(amqp_url, queue, management_url, clock, *, extra_hypervisors=(),
             **policy,
         }
     )
-    hypervisors = [Hypervisor(URI, "vm-*", clock=clock), *extra_hypervisors]
+    hypervisors = [Hypervisor(URI, "vm", clock=clock), *extra_hypervisors]
     monitor = QueueMonitor(management_url, ("guest", password), "/", queue, amqp_url)
     return Scaler(hypervisors, monitor, Policy(config), window=30, clock=clock)
 
@@ -263,6 +263,7 @@ def test_a_domain_undefined_between_the_list_and_the_call(broker_url, names, stu
 def test_one_failing_connection_does_not_hide_the_others(broker_url, names, stub, opener):
     clock = FakeClock()
     other = Hypervisor("test:///default", "test", clock=clock)
+    other.tag("test")  # the test driver's own domain, made a member of pool "test"
     scaler = make_scaler(broker_url, names.jobs, stub.url, clock, extra_hypervisors=[other])
     stub.body = queue_body(names.jobs, ready=0, unacked=0)
     scaler.tick()

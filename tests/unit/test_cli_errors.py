@@ -120,7 +120,22 @@ CASES = [
     (WORKER, [], {"VIRTSCALE_AMQP_PASSWORD_FILE": "/nonexistent/pw"}, "VIRTSCALE_AMQP_PASSWORD_FILE"),
     (WORKER, ["--password-file", ""], {}, "--password-file: the file name is empty"),
     (SCALER, ["simulate", "--trace", ""], {}, "--trace: the file name is empty"),
-    (SCALER, ["run", *TEST_DRIVER, "--pool", ""], {}, "--pool: must be a glob"),
+    (SCALER, ["run", *TEST_DRIVER, "--pool", ""], {}, "--pool: must be 1-48 letters"),
+    (SCALER, ["run", *TEST_DRIVER, "--pool", "vm-*"], {}, "--pool: names a pool, not a glob"),
+    (SCALER, ["run", *TEST_DRIVER, "--host-max", "0"], {}, "--host-max '0': give N or URI=N"),
+    (
+        SCALER,
+        ["run", *TEST_DRIVER, "--host-max", "qemu:///nowhere=2"],
+        {},
+        "is not one of the --connect URIs",
+    ),
+    (
+        SCALER,
+        ["run", *TEST_DRIVER, "--template", "/nonexistent.json"],
+        {},
+        "--template /nonexistent.json: no such",
+    ),
+    (SCALER, ["run", *TEST_DRIVER, "--placement", "random"], {}, "argument --placement: invalid choice"),
     # Traces that are not text, or lines over the csv module's limit.
     (SCALER, ["simulate", "--trace", "{binary_trace}"], {}, "not UTF-8 text"),
     (SCALER, ["simulate", "--trace", "{huge_trace}"], {}, "{huge_trace}:2: not a CSV line"),

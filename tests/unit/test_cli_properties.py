@@ -104,7 +104,8 @@ def check_values(args: argparse.Namespace) -> None:
     """Each parsed value is what a flag's type makes (or a list of strings: --connect)."""
     for name, value in vars(args).items():
         if isinstance(value, list):
-            assert value and all(isinstance(item, str) for item in value), f"{name} = {value!r}"
+            assert value or name == "host_max", f"{name} = {value!r}"  # --host-max may be absent
+            assert all(isinstance(item, str) for item in value), f"{name} = {value!r}"
         else:
             assert value is None or isinstance(value, bool | int | float | str) or callable(value), (
                 f"{name} = {value!r}"

@@ -97,7 +97,7 @@ def test_the_scaler_runs_with_the_demo_settings(demo, tmp_path):
     flags = command[command.index("--password-file") + 2 :]
     assert command[1] == "run"
     assert " ".join(flags) == (
-        "--connect qemu:///system --pool vm-* --min 1 --interval 2 --target-backlog 40 "
+        "--connect qemu:///system --pool vm --min 1 --interval 2 --target-backlog 40 "
         "--max-start-per-tick 1 --scale-up-cooldown 25 --scale-down-stabilization 30 --boot-timeout 150 "
         f"--drain-timeout 60 --metrics-port 9477 --shutdown-on-exit --max 3 --events {tmp_path}/events.jsonl"
     )

@@ -3,18 +3,17 @@ domain XML. Whatever characters a value holds, the output parses back to exactly
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import subprocess
 import tarfile
-from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
 import yaml
 
 from tests.support.deploy_scripts import load
+from virtscale.scaler import template
 
 #: Every character with a meaning in YAML, a newline and a backtick among them.
 NASTY_PASSWORD = ": # ' \" { } [ ] \n - & * ! | > % @ ` ,?"
@@ -165,74 +164,89 @@ def test_the_rule_file_replaces_its_own_table_so_it_can_be_loaded_again(cloud_in
     assert rules[:3] == ["table inet virtscale", "delete table inet virtscale", "table inet virtscale {"]
 
 
-# -- deploy/vms.py: the domain XML ------------------------------------------------------------------
+# -- scaler/template.py: the domain XML of a pool VM ---------------------------------------------
 
 #: Every character with a meaning in XML markup.
 NASTY_NETWORK = "we\"ird<>&'net"
 
 
-@pytest.fixture(scope="module")
-def vms():
-    return load("vms")
+def pool_template(network="user", domain_type="qemu", vcpus=2) -> template.Template:
+    image = template.Image("c0ffee", "/images/rootfs.qcow2", 2**30, "/images/vmlinuz", "/images/initrd.img")
+    worker = template.WorkerSettings("amqp://worker@10.0.2.2:5672/%2F", "/secrets/worker", "licenses", 10)
+    return template.Template("vm", image, worker, vcpus=vcpus, domain_type=domain_type, network=network)
 
 
-def domain(vms, name="vm-1", network="user", domain_type="qemu", uuid=None) -> ElementTree.Element:
-    args = argparse.Namespace(network=network, pool="vm-*", memory=384, vcpus=2)
-    return ElementTree.fromstring(vms.render(name, args, domain_type, uuid))
+def domain(name="vm-1", network="user", domain_type="qemu", uuid=None, folder="/pool") -> ElementTree.Element:
+    files = template.DomainFiles(
+        f"{folder}/vmlinuz",
+        f"{folder}/initrd",
+        "virtscale",
+        f"{name}.qcow2",
+        f"{name}.settings",
+        f"{folder}/{name}.log",
+    )
+    made = pool_template(network, domain_type)
+    return ElementTree.fromstring(template.domain_xml(name, made, files, made.tag(), uuid))
 
 
-def test_a_network_name_with_markup_characters_is_escaped(vms):
-    source = domain(vms, network=NASTY_NETWORK).find("devices/interface/source")
+def test_a_network_name_with_markup_characters_is_escaped():
+    source = domain(network=NASTY_NETWORK).find("devices/interface/source")
     assert source.get("network") == NASTY_NETWORK
-    assert domain(vms, network=NASTY_NETWORK).find("devices/interface").get("type") == "network"
+    assert domain(network=NASTY_NETWORK).find("devices/interface").get("type") == "network"
 
 
-def test_a_name_and_an_image_folder_with_markup_characters_are_escaped(vms, monkeypatch):
-    monkeypatch.setattr(vms, "IMAGE_DIR", Path("/images/a&b<c>'\"d"))
-    root = domain(vms, name="vm-<&>")
+def test_a_name_and_a_folder_with_markup_characters_are_escaped():
+    root = domain(name="vm-<&>", folder="/images/a&b<c>'\"d")
     assert root.findtext("name") == "vm-<&>"
-    assert root.find("devices/disk/source").get("file") == "/images/a&b<c>'\"d/vm-<&>.qcow2"
+    assert root.find("devices/disk/source").get("volume") == "vm-<&>.qcow2"
     assert root.findtext("os/kernel") == "/images/a&b<c>'\"d/vmlinuz"
-    assert root.find("sysinfo/entry").get("file") == "/images/a&b<c>'\"d/vm-<&>.json"
 
 
-def test_a_normal_domain_has_the_elements_the_scaler_and_the_guest_rely_on(vms):
-    root = domain(vms, name="vm-2")
-    assert root.tag == "domain"
-    assert root.get("type") == "qemu"
-    assert root.findtext("name") == "vm-2"
-    assert root.find("uuid") is None
-    assert root.find("cpu") is None
+def test_a_normal_domain_has_the_elements_the_scaler_and_the_guest_rely_on():
+    root = domain(name="vm-2")
+    assert root.tag == "domain" and root.get("type") == "qemu" and root.findtext("name") == "vm-2"
+    assert root.find("uuid") is None and root.find("cpu") is None
     assert (root.findtext("memory"), root.find("memory").get("unit"), root.findtext("vcpu")) == (
         "384",
         "MiB",
         "2",
     )
-    assert root.find("sysinfo").get("type") == "fwcfg"
-    assert root.find("sysinfo/entry").get("name") == "opt/virtscale/config"
+    overlay, settings = root.findall("devices/disk")
+    assert overlay.find("source").get("pool") == "virtscale" and overlay.find("target").get("dev") == "vda"
+    assert settings.findtext("serial") == "virtscale-config", "the guest finds its settings by this serial"
+    assert settings.find("readonly") is not None
     interface = root.find("devices/interface")
-    assert interface.get("type") == "user"
-    assert interface.find("source") is None
+    assert interface.get("type") == "user" and interface.find("source") is None
     assert interface.find("model").get("type") == "virtio"
-    assert root.find("devices/serial/source").get("path").endswith("/vm-2.console.log")
-    assert "pool vm-*" in root.findtext("description")
+    assert root.find("devices/serial/source").get("path") == "/pool/vm-2.log"
+    tag = root.find("metadata/{http://virtscale.org/xmlns/pool/1}pool")
+    assert (tag.get("name"), tag.get("origin"), tag.get("image")) == ("vm", "template", "c0ffee")
 
 
-def test_kvm_passes_the_host_cpu_through_and_a_redefinition_keeps_its_uuid(vms):
-    root = domain(vms, domain_type="kvm", uuid="0b6e1f3c-5d35-4b1e-9f3a-2c9f0d7e1a11")
+def test_no_secret_is_in_the_domain_xml():
+    xml = ElementTree.tostring(domain())
+    assert b"password" not in xml and b"/secrets/" not in xml
+
+
+def test_kvm_passes_the_host_cpu_through_and_a_redefinition_keeps_its_uuid():
+    root = domain(domain_type="kvm", uuid="0b6e1f3c-5d35-4b1e-9f3a-2c9f0d7e1a11")
     assert root.get("type") == "kvm"
     assert root.find("cpu").get("mode") == "host-passthrough"
     assert root.findtext("uuid") == "0b6e1f3c-5d35-4b1e-9f3a-2c9f0d7e1a11"
 
 
 @pytest.mark.libvirt
-def test_libvirt_accepts_the_domain_and_keeps_the_escaped_network(vms):
+def test_libvirt_accepts_the_domain_and_keeps_the_escaped_network_and_the_tag():
     libvirt = pytest.importorskip("libvirt")
     connection = libvirt.open("test:///default")
     try:
-        args = argparse.Namespace(network=NASTY_NETWORK, pool="vm-*", memory=384, vcpus=1)
-        defined = connection.defineXML(vms.render("vm-escape", args, "qemu"))
+        made = pool_template(NASTY_NETWORK, vcpus=1)
+        files = template.DomainFiles("/k", "/i", "default-pool", "a.qcow2", "a.settings", "/a.log")
+        defined = connection.defineXML(template.domain_xml("vm-escape", made, files, made.tag()))
         source = ElementTree.fromstring(defined.XMLDesc()).find("devices/interface/source")
         assert source.get("network") == NASTY_NETWORK
+        tag = defined.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "http://virtscale.org/xmlns/pool/1")
+        assert 'name="vm"' in tag
+        defined.undefine()
     finally:
         connection.close()

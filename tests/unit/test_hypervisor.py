@@ -52,7 +52,7 @@ class Opener:
 
 
 def test_only_pool_domains_are_sampled_with_state_and_cpu():
-    hypervisor = Hypervisor(f"test://{NODE}", "vm-*")
+    hypervisor = Hypervisor(f"test://{NODE}", "vm")
     samples = {s.name: s for s in hypervisor.sample()}
     assert sorted(samples) == ["vm-1", "vm-2", "vm-3", "vm-4"]
     assert {s.state for s in samples.values()} == {"shutoff"}
@@ -63,8 +63,8 @@ def test_only_pool_domains_are_sampled_with_state_and_cpu():
 
 
 def test_domains_outside_the_pool_are_refused():
-    hypervisor = Hypervisor(f"test://{NODE}", "vm-*")
-    with pytest.raises(ActionFailed, match="not in pool"):
+    hypervisor = Hypervisor(f"test://{NODE}", "vm")
+    with pytest.raises(ActionFailed, match="not tagged for pool"):
         hypervisor.destroy("database")
 
 
@@ -87,7 +87,7 @@ def test_a_failed_stats_call_is_hypervisor_unavailable_not_a_libvirt_error(monke
 
 
 def test_a_refused_action_is_action_failed_naming_the_domain():
-    hypervisor = Hypervisor(f"test://{NODE}", "vm-*")
+    hypervisor = Hypervisor(f"test://{NODE}", "vm")
     hypervisor.start("vm-1")
     with pytest.raises(ActionFailed, match=r"start vm-1 on test://.*already running"):
         hypervisor.start("vm-1")
@@ -100,7 +100,7 @@ def test_reconnect_waits_grow_are_capped_and_never_block(monkeypatch, tmp_path):
     opener.broken = True
     monkeypatch.setattr(hypervisor_module.libvirt, "open", opener)
     clock = FakeClock()
-    hypervisor = Hypervisor(f"test://{NODE}", "vm-*", clock=clock)
+    hypervisor = Hypervisor(f"test://{NODE}", "vm", clock=clock)
     waits = []
     for attempt in range(1, 11):
         with pytest.raises(HypervisorUnavailable, match="Failed to connect socket"):
@@ -134,7 +134,7 @@ def test_every_libvirt_error_class_leaves_as_the_modules_own(monkeypatch, fault)
     uri = f"test://{NODE}"
     opener = FaultOpener(uri)
     monkeypatch.setattr(hypervisor_module.libvirt, "open", opener)
-    hypervisor = Hypervisor(uri, "vm-*", clock=FakeClock())
+    hypervisor = Hypervisor(uri, "vm", clock=FakeClock())
     assert len(hypervisor.sample()) == 4 and hypervisor.connections == 1
     opener.connection.faults["getAllDomainStats"] = fault
     with pytest.raises(HypervisorUnavailable, match=re.escape(fault.message)):
@@ -149,7 +149,7 @@ def test_every_libvirt_error_class_leaves_as_the_modules_own(monkeypatch, fault)
 
 
 def test_a_domain_undefined_between_the_list_and_the_action_fails_that_action():
-    hypervisor = Hypervisor(f"test://{NODE}", "vm-*")
+    hypervisor = Hypervisor(f"test://{NODE}", "vm")
     hypervisor.sample()
     hypervisor._connect().lookupByName("vm-4").undefine()
     with pytest.raises(ActionFailed, match=r"start vm-4 on test://.*: Domain not found"):

@@ -152,6 +152,6 @@ def test_a_missing_consumer_list_and_an_unseen_domain_are_shown_as_unknown_not_a
 
 def test_the_event_says_null_for_what_was_not_read_and_lists_unseen_domains():
     domains = blind_report().event()["domains"]
-    assert domains["vm-2"] == {"state": "running", "cpu": None, "consuming": None}
-    assert domains["vm-4"] == {"state": "unknown", "cpu": None, "consuming": None}
+    assert domains["vm-2"] == {"state": "running", "cpu": None, "consuming": None, "host": "test:///default"}
+    assert domains["vm-4"] == {"state": "unknown", "cpu": None, "consuming": None, "host": None}
     assert report().event()["domains"]["vm-2"]["consuming"] is False, "a list that was read says no"

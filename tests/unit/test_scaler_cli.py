@@ -10,7 +10,7 @@ from tests.conftest import run_module
 SCALER, PRODUCER = "virtscale.scaler", "virtscale.producer"
 #: libvirt's test driver: no libvirtd needed, and a run that passed its checks would start.
 TEST_DRIVER = ["--connect", "test:///default"]
-SUBCOMMANDS = ("run", "status", "simulate", "trace")
+SUBCOMMANDS = ("run", "status", "simulate", "trace", "tag")
 
 
 def test_the_top_level_help_lists_every_subcommand_and_ends_with_examples():
@@ -18,7 +18,7 @@ def test_the_top_level_help_lists_every_subcommand_and_ends_with_examples():
     listed = run.stdout.split("commands:")[-1]
     for command in SUBCOMMANDS:
         assert f"\n    {command} " in listed, run.stdout
-    assert "examples:" in run.stdout.rstrip().splitlines()[-4]
+    assert "examples:" in run.stdout.rstrip().splitlines()[-5:]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -41,7 +41,7 @@ def test_version_on_the_command_itself(module):
 
 def test_the_producer_help_ends_with_examples_and_names_units():
     run = run_module(PRODUCER, "--help", check=True)
-    assert "examples:" in run.stdout.rstrip().splitlines()[-4]
+    assert "examples:" in run.stdout.rstrip().splitlines()[-5:]
     for metavar in ("--rate JOBS/S", "--delta SECONDS", "--base JOBS/S", "--trace FILE"):
         assert metavar in run.stdout
 

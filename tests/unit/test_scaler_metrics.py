@@ -22,7 +22,7 @@ from virtscale.scaler.metrics import ScalerMetrics
 from virtscale.scaler.policy import Action, Decision
 from virtscale.scaler.queue_monitor import QueueReading
 
-SCALE = {"queue": "jobs", "pool": "vm-*"}
+SCALE = {"queue": "jobs", "pool": "vm"}
 
 
 def sample(name: str, state: str) -> DomainSample:
@@ -82,7 +82,7 @@ def names(found: dict) -> set[str]:
 
 
 def recorded(tick: TickReport, **options) -> dict:
-    metrics = ScalerMetrics(queue="jobs", pool="vm-*", **options)
+    metrics = ScalerMetrics(queue="jobs", pool="vm", **options)
     metrics.record(tick)
     return exposition(metrics)
 
@@ -202,7 +202,7 @@ def test_refused_credentials_raise_their_gauge():
 
 
 def test_the_tick_duration_is_observed_in_seconds():
-    metrics = ScalerMetrics(queue="jobs", pool="vm-*")
+    metrics = ScalerMetrics(queue="jobs", pool="vm")
     with metrics.timing_tick():
         pass
     found = exposition(metrics)
@@ -256,7 +256,7 @@ def dashboard_queries(dashboard: dict) -> list[str]:
 
 def exported_names() -> set[str]:
     """Every sample name a ScalerMetrics exposes after a tick that had every reading."""
-    metrics = ScalerMetrics(queue="jobs", pool="vm-*", slo=60)
+    metrics = ScalerMetrics(queue="jobs", pool="vm", slo=60)
     metrics.record(report())
     with metrics.timing_tick():
         pass

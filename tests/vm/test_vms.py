@@ -28,6 +28,7 @@ from virtscale.broker import declare_topology, delete_topology, queue_counts
 from virtscale.naming import QueueNames
 from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
+from virtscale.scaler.provisioning import SYSTEM_STORAGE_DIR
 from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Policy, PolicyConfig
 from virtscale.scaler.queue_monitor import QueueMonitor
 
@@ -37,11 +38,12 @@ pytestmark = [pytest.mark.vm, pytest.mark.broker, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[2]
 URI = "qemu:///system"
 PREFIX = "vmtest-"
-POOL = f"{PREFIX}*"
+POOL = "vmtest"
 NAMES = [f"{PREFIX}{i}" for i in (1, 2, 3)]
 #: bcrypt cost in the test VMs: cheap enough that a flood drains in minutes under TCG.
 COST = 6
-CONSOLE = Path("/var/log/libvirt/qemu")
+#: The serial console logs sit in the storage pool beside the volumes (scaler/provisioning.py).
+CONSOLE = Path(SYSTEM_STORAGE_DIR)
 
 
 def libvirt_ready() -> bool:
@@ -60,34 +62,19 @@ def vm_queue(broker_url, tmp_path_factory):
     declare_topology(broker_url, names, defaults.DELIVERY_LIMIT, TEST_CONNECTION)
     password = tmp_path_factory.mktemp("secret") / "password"
     password.write_text("guest")  # the guests reach the broker via the host's loopback
-    vms = [sys.executable, str(ROOT / "deploy/vms.py")]
-    # Leftovers of an interrupted run (a domain still running keeps its old settings).
-    subprocess.run([*vms, "undefine", "--prefix", PREFIX], check=False, cwd=ROOT, capture_output=True)
+    template = tmp_path_factory.mktemp("template") / "vmtest.json"
     subprocess.run(
-        [
-            *vms,
-            "define",
-            "--count",
-            "3",
-            "--prefix",
-            PREFIX,
-            "--pool",
-            POOL,
-            "--queue",
-            names.jobs,
-            "--cost",
-            str(COST),
-            "--user",
-            "guest",
-            "--password-file",
-            str(password),
-            "--fresh-disks",
-        ],
+        [sys.executable, str(ROOT / "deploy/template.py"), "--pool", POOL, "--out", str(template)]
+        + ["--queue", names.jobs, "--cost", str(COST), "--user", "guest", "--password-file", str(password)],
         check=True,
         cwd=ROOT,
     )
+    vms = [sys.executable, str(ROOT / "deploy/vms.py")]
+    # Leftovers of an interrupted run (a domain still running keeps its old settings).
+    subprocess.run([*vms, "undefine", "--pool", POOL], check=False, cwd=ROOT, capture_output=True)
+    subprocess.run([*vms, "define", "--count", "3", "--template", str(template)], check=True, cwd=ROOT)
     yield names
-    subprocess.run([*vms, "undefine", "--prefix", PREFIX], check=False, cwd=ROOT)
+    subprocess.run([*vms, "undefine", "--pool", POOL], check=False, cwd=ROOT)
     delete_topology(broker_url, names, TEST_CONNECTION)
 
 
