@@ -28,8 +28,8 @@ from virtscale.broker import declare_topology, delete_topology, queue_counts
 from virtscale.naming import QueueNames
 from virtscale.scaler.hypervisor import Hypervisor
 from virtscale.scaler.loop import Scaler
-from virtscale.scaler.provisioning import SYSTEM_STORAGE_DIR
 from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Policy, PolicyConfig
+from virtscale.scaler.provisioning import SYSTEM_STORAGE_DIR
 from virtscale.scaler.queue_monitor import QueueMonitor
 
 # Real guests boot and drain at their own pace; each scenario bounds its own waits.
@@ -64,8 +64,10 @@ def vm_queue(broker_url, tmp_path_factory):
     password.write_text("guest")  # the guests reach the broker via the host's loopback
     template = tmp_path_factory.mktemp("template") / "vmtest.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "deploy/template.py"), "--pool", POOL, "--out", str(template)]
-        + ["--queue", names.jobs, "--cost", str(COST), "--user", "guest", "--password-file", str(password)],
+        [
+            *(sys.executable, str(ROOT / "deploy/template.py"), "--pool", POOL, "--out", str(template)),
+            *("--queue", names.jobs, "--cost", str(COST), "--user", "guest", "--password-file", str(password)),
+        ],
         check=True,
         cwd=ROOT,
     )
