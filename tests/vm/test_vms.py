@@ -66,7 +66,8 @@ def vm_queue(broker_url, tmp_path_factory):
     subprocess.run(
         [
             *(sys.executable, str(ROOT / "deploy/template.py"), "--pool", POOL, "--out", str(template)),
-            *("--queue", names.jobs, "--cost", str(COST), "--user", "guest", "--password-file", str(password)),
+            *("--queue", names.jobs, "--cost", str(COST), "--user", "guest"),
+            *("--password-file", str(password)),
         ],
         check=True,
         cwd=ROOT,
