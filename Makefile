@@ -82,10 +82,12 @@ status: broker
 stats: setup
 	@$(BIN)/virtscale-collector stats $(ARGS)
 
-demo: broker image
-	@$(MAKE) -s vms N=$(N) COST=$(DEMO_COST)
-	@# The demo's domains and overlays go when it ends, whatever its outcome.
-	@status=0; deploy/demo.sh --vms $(N) || status=$$?; $(MAKE) -s unvms; exit $$status
+# The demo's pool grows over two hosts of this machine: qemu:///system and host-b (a session daemon).
+demo: broker image host-b
+	@$(MAKE) -s template COST=$(DEMO_COST)
+	@# The demo's domains and volumes go when it ends, whatever its outcome.
+	@status=0; deploy/demo.sh --vms $(N) --connect qemu:///system --connect "$$(deploy/second_host.sh --uri)" \
+		|| status=$$?; $(MAKE) -s unvms; exit $$status
 
 # make chaos: the system on real VMs under load and a fault schedule, on a RabbitMQ node of its own
 # (deploy/chaos/run.py); DURATION = seconds of load, e.g. `make chaos DURATION=180`.

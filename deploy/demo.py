@@ -1,9 +1,11 @@
 """make demo: the whole system on real VMs, N -> N+1 -> back, with a live view and a plot.
 
-Starts the collector and the scaler (min 1, max N), waits for the first VM to consume,
-then runs the producer with a step profile that the pool can only serve by scaling out,
-followed by quiet. Ends with a summary and var/demo/demo.png. Ctrl-C or `terminate`
-stops everything and shuts the VMs down.
+Starts the collector and the scaler (min 1, max N) over two libvirt hosts of this machine
+(qemu:///system and the session daemon of `make host-b`); the scaler creates every VM on
+demand from the pool's template, spread over the hosts, and deletes them as it scales in.
+It waits for the first VM to consume, then runs the producer with a step profile that the
+pool can only serve by scaling out, followed by quiet. Ends with a summary and
+var/demo/demo.png. Ctrl-C or `terminate` stops everything and shuts the VMs down.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from deploy.processes import stop_in_order  # noqa: E402
 from virtscale.scaler.live import domain_table as live_domain_table  # noqa: E402
+from virtscale.scaler.live import host_label  # noqa: E402
 from virtscale.scaler.plots import plot_events  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
@@ -37,8 +40,7 @@ OUT = ROOT / "var" / "demo"
 #: The scaler's settings for the demo: ticks every 2 s, one VM started per tick at most, quick
 #: to scale out and in again, so a two-minute step shows N -> N+1 -> back.
 SCALER_FLAGS = [
-    "--connect", "qemu:///system",
-    "--pool", "vm-*",
+    "--pool", "vm",
     "--min", "1",
     "--interval", "2",
     "--target-backlog", "40",
@@ -86,12 +88,13 @@ def collector_command(store: str) -> list[str]:
     return [str(BIN / "virtscale-collector"), "run", *credentials("collector"), "--store", store]
 
 
-def scaler_command(vms: int, events_path: Path) -> list[str]:
+def scaler_command(vms: int, events_path: Path, hosts: list[str]) -> list[str]:
     return [
         str(BIN / "virtscale-scaler"),
         "run",
         *credentials("scaler"),
         *SCALER_FLAGS,
+        *(flag for uri in hosts for flag in ("--connect", uri)),
         "--max",
         str(vms),
         "--events",
@@ -200,6 +203,14 @@ def live_line(event: dict, started: float) -> str:
         for name, d in sorted(event["domains"].items())
     )
     actions = ", ".join(f"{a['action']} {a['domain']}" for a in event["actions"])
+    hosts = collections.Counter(
+        host_label(d["host"]) for d in event["domains"].values() if d.get("host") and d["state"] == "running"
+    )
+    vms += (
+        "  [" + ", ".join(f"{label}: {count}" for label, count in sorted(hosts.items())) + "]"
+        if hosts
+        else ""
+    )
     return (
         f"{event['time'] - started:6.0f}s depth {event['depth'] if event['depth'] is not None else '?':>5} "
         f"desired {event['desired']}  {vms}" + (f"  -> {actions}" if actions else "")
@@ -286,9 +297,12 @@ class Demo:
 
     def start_components(self) -> None:
         self.start("collector", collector_command(self.store))
-        self.start("scaler", scaler_command(self.args.vms, self.events_path))
+        self.start("scaler", scaler_command(self.args.vms, self.events_path, self.args.connect))
         self.started = time.time()
-        self.view.say(f"demo: collector and scaler started (logs in {OUT}); the scaler boots vm-1 first.")
+        self.view.say(
+            f"demo: collector and scaler started (logs in {OUT}); the scaler creates vm-1 first, "
+            f"then more VMs across {len(self.args.connect)} host(s)."
+        )
 
     def start_producer(self) -> None:
         self.start("producer", producer_command(self.args))
@@ -342,10 +356,13 @@ def summary_lines(events: list[dict], started: float, produced: str, figures: di
             f"per VM: {figures['per_worker']}",
         ]
     lines.append("VM timeline:")
+    hosts: dict[str, str] = {}
     for event in events:
+        hosts.update({name: d["host"] for name, d in event["domains"].items() if d.get("host")})
         for action in event["actions"]:
+            where = f" on {host_label(hosts[action['domain']])}" if action["domain"] in hosts else ""
             lines.append(
-                f"  {event['time'] - started:6.0f}s  {action['action']:<8} {action['domain']}  "
+                f"  {event['time'] - started:6.0f}s  {action['action']:<8} {action['domain']}{where}  "
                 f"({event['reason'][:90]})"
             )
     return lines
@@ -371,7 +388,14 @@ def summarize(events_path: Path, store: str, started: float) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
-    parser.add_argument("--vms", type=int, default=3, help="pool size (vm-1..vm-N)")
+    parser.add_argument("--vms", type=int, default=3, help="most VMs in the pool (--max)")
+    parser.add_argument(
+        "--connect",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="libvirt host, repeatable (default: qemu:///system)",
+    )
     parser.add_argument("--base", type=float, default=1.0, help="jobs/s before and after the step")
     parser.add_argument("--peak", type=float, default=25.0, help="jobs/s during the step")
     parser.add_argument("--step-start", type=float, default=20.0)
@@ -382,6 +406,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.connect = args.connect or ["qemu:///system"]
     view = View(Console(highlight=False))
     demo = Demo(args, view)
     demo.prepare()

@@ -31,11 +31,11 @@ def lookup(connection: libvirt.virConnect, name: str) -> libvirt.virDomain | Non
         return None
 
 
-def define(connection: libvirt.virConnect, made: template.Template, count: int) -> None:
+def define(connection: libvirt.virConnect, made: template.Template, count: int, prefix: str) -> None:
     storage = HostStorage(connection)
     password = Path(made.worker.password_file).read_text().strip()
     for index in range(1, count + 1):
-        name = f"{made.pool}-{index}"
+        name = f"{prefix}{index}"
         existing = lookup(connection, name)
         if existing is not None:
             tag = read_tag(existing)
@@ -70,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         "--pool", type=pool_name, default="vm", help="undefine: the pool (default: %(default)s)"
     )
     parser.add_argument("--template", metavar="FILE", help="define: default var/template/POOL.json")
+    parser.add_argument("--prefix", help="define: names are PREFIX1..PREFIXN (default: the template's POOL-)")
     args = parser.parse_args(argv)
     connection = libvirt.open(args.connect)
     try:
         if args.command == "define":
             made = template.load(args.template or f"var/template/{args.pool}.json")
-            define(connection, made, args.count)
+            define(connection, made, args.count, args.prefix or f"{made.pool}-")
         else:
             undefine(connection, args.pool)
     except TemplateError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+import urllib.parse
 from collections.abc import Iterable
 
 from rich import box
@@ -51,6 +52,11 @@ def render(report: TickReport, *, dry_run: bool, log_lines: Iterable[str] = ()) 
         *_log_pane(log_lines),
         _heading(report.time, dry_run),
         _queue_line(report),
+        *(
+            [Text("hosts: " + host_counts(report), no_wrap=True, overflow="ellipsis")]
+            if len(report.hosts) > 1
+            else []
+        ),
         _domain_table(report),
         _decision(report, dry_run),
         *_problem_lines(report.problems + report.failed_actions),
@@ -111,13 +117,45 @@ def domain_table(domains: dict[str, dict], booting_vms: Iterable[str] = ()) -> T
     table.add_column("state", no_wrap=True, overflow="ellipsis")
     table.add_column("cpu%", justify="right", no_wrap=True)
     table.add_column("consuming", no_wrap=True)
+    hosts = host_labels(domains)
+    if len(hosts) > 1:
+        table.add_column("host", no_wrap=True, overflow="ellipsis", max_width=24)
     booting = frozenset(booting_vms)
     for name, domain in sorted(domains.items()):
         state = domain.get("state", UNKNOWN)
         if state == "running" and name in booting:
             state = "booting"  # what the policy counts it as: started, not consuming yet
-        table.add_row(name, state, fmt(domain.get("cpu"), ".1f"), yes_no(domain.get("consuming")))
+        row = [name, state, fmt(domain.get("cpu"), ".1f"), yes_no(domain.get("consuming"))]
+        table.add_row(*row, *([hosts.get(domain.get("host"), "?")] if len(hosts) > 1 else []))
     return table
+
+
+def host_labels(domains: dict[str, dict]) -> dict[str, str]:
+    """A short label for each host URI of the domains (see host_label)."""
+    return {uri: host_label(uri) for uri in {d.get("host") for d in domains.values()} if uri}
+
+
+def host_label(uri: str) -> str:
+    """The URI's host and path; a local session daemon by its user (its socket URI is long)."""
+    parts = urllib.parse.urlsplit(uri)
+    socket = urllib.parse.parse_qs(parts.query).get("socket", [""])[0]
+    if socket.startswith("/run/user/"):
+        return f"session of uid {socket.split('/')[3]}"
+    return f"{parts.hostname}{parts.path}" if parts.hostname else uri
+
+
+def host_counts(report: TickReport) -> str:
+    """Pool VMs per host, e.g. "qemu:///system 2 running; session 1001 1 running"."""
+    parts = []
+    for uri, host in report.hosts.items():
+        label = host_label(uri)
+        if not host["reachable"]:
+            parts.append(f"{label}: unreachable")
+            continue
+        states = ", ".join(f"{count} {state}" for state, count in sorted(host["domains"].items())) or "none"
+        cap = f" (cap {host['cap']})" if host.get("cap") else ""
+        parts.append(f"{label}: {states}{cap}")
+    return "; ".join(parts)
 
 
 def _decision(report: TickReport, dry_run: bool) -> RenderableType:

@@ -109,6 +109,18 @@ class ScalerMetrics:
 
     def _define_pool(self) -> None:
         self.vms = Gauge("virtscale_vms", "Pool domains by state", ["state"], registry=self.values)
+        self.host_vms = Gauge(
+            "virtscale_host_vms",
+            "Pool domains on each host (--connect URI) by state; absent while the host does not answer",
+            ["host", "state"],
+            registry=self.values,
+        )
+        self.host_up = Gauge(
+            "virtscale_host_reachable",
+            "1 if the host answered this tick, else 0",
+            ["host"],
+            registry=self.values,
+        )
         self.cpu = Gauge(
             "virtscale_domain_cpu_ratio",
             "Share of a domain's vCPUs busy over the CPU window (0-1)",
@@ -207,7 +219,16 @@ class ScalerMetrics:
         self.publish_rate.set(_or_absent(reading.publish_rate))
         self.ack_rate.set(_or_absent(reading.ack_rate))
 
+    def _record_hosts(self, report: TickReport) -> None:
+        self.host_vms.clear()
+        self.host_up.clear()
+        for uri, host in report.hosts.items():
+            self.host_up.labels(uri).set(1 if host["reachable"] else 0)
+            for state, count in host["domains"].items() if host["reachable"] else ():
+                self.host_vms.labels(uri, state).set(count)
+
     def _record_pool(self, report: TickReport) -> None:
+        self._record_hosts(report)
         self.vms.clear()
         self.cpu.clear()
         for name, percent in report.cpu.items():

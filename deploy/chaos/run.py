@@ -42,7 +42,7 @@ QUEUE = "chaos"
 #: The broken guest's name sorts before chaos-1 (the scaler starts the lowest-numbered first), so
 #: the scaler's first start is the guest whose worker never consumes.
 PREFIX, BROKEN_PREFIX = "chaos-", "chaos-0bad-"
-POOL = "chaos-*"
+POOL = "chaos"
 BROKEN = f"{BROKEN_PREFIX}1"
 #: Seconds between two health samples.
 SAMPLE_INTERVAL = 2.0
@@ -65,17 +65,8 @@ def scaler_flags(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
-def vms_command(command: str, prefix: str, *extra: str) -> list[str]:
-    return [
-        str(BIN / "python"),
-        str(ROOT / "deploy" / "vms.py"),
-        command,
-        "--connect",
-        URI,
-        "--prefix",
-        prefix,
-        *extra,
-    ]
+def vms_command(command: str, *extra: str) -> list[str]:
+    return [str(BIN / "python"), str(ROOT / "deploy" / "vms.py"), command, "--connect", URI, *extra]
 
 
 def virsh(*args: str) -> subprocess.CompletedProcess:
@@ -128,10 +119,15 @@ class Harness:
         wrong.write_text("not-the-password\n")
         common = ["--pool", POOL, "--queue", QUEUE, "--cost", str(self.args.cost), "--user", "guest"]
         common += ["--broker-port", str(self.proxies["workers"].port), "--domain-type", self.args.domain_type]
+        subprocess.run(vms_command("undefine", "--pool", POOL), capture_output=True, check=False)
         for prefix, count, password in ((PREFIX, self.args.vms, secret), (BROKEN_PREFIX, 1, wrong)):
-            subprocess.run(vms_command("undefine", prefix), capture_output=True, check=False)
-            define = vms_command("define", prefix, "--count", str(count), "--password-file", str(password))
-            subprocess.run([*define, *common, "--fresh-disks"], check=True)
+            template = OUT / f"template-{prefix.strip('-')}.json"
+            make = [str(BIN / "python"), str(ROOT / "deploy" / "template.py"), *common]
+            subprocess.run([*make, "--password-file", str(password), "--out", str(template)], check=True)
+            define = vms_command(
+                "define", "--template", str(template), "--prefix", prefix, "--count", str(count)
+            )
+            subprocess.run(define, check=True)
 
     def amqp_url(self, proxy: str) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.proxies[proxy].port}/%2F"
@@ -332,8 +328,7 @@ class Harness:
         stop_in_order(self.children, ("producer", "scaler", "collector"), STOP_TIMEOUT)
         for proxy in self.proxies.values():
             proxy.close()
-        for prefix in (PREFIX, BROKEN_PREFIX):
-            subprocess.run(vms_command("undefine", prefix), capture_output=True, check=False)
+        subprocess.run(vms_command("undefine", "--pool", POOL), capture_output=True, check=False)
         if self.node.running():
             self.node.stop()
         say("everything stopped, chaos domains removed, chaos node stopped")

@@ -93,13 +93,15 @@ def test_the_verdict(demo, events, elapsed, producer_finished, scaler_exited, ex
 
 
 def test_the_scaler_runs_with_the_demo_settings(demo, tmp_path):
-    command = demo.scaler_command(3, tmp_path / "events.jsonl")
+    command = demo.scaler_command(3, tmp_path / "events.jsonl", ["qemu:///system", "qemu:///session"])
     flags = command[command.index("--password-file") + 2 :]
     assert command[1] == "run"
     assert " ".join(flags) == (
-        "--connect qemu:///system --pool vm --min 1 --interval 2 --target-backlog 40 "
+        "--pool vm --min 1 --interval 2 --target-backlog 40 "
         "--max-start-per-tick 1 --scale-up-cooldown 25 --scale-down-stabilization 30 --boot-timeout 150 "
-        f"--drain-timeout 60 --metrics-port 9477 --shutdown-on-exit --max 3 --events {tmp_path}/events.jsonl"
+        "--drain-timeout 60 --metrics-port 9477 --shutdown-on-exit "
+        "--connect qemu:///system --connect qemu:///session "
+        f"--max 3 --events {tmp_path}/events.jsonl"
     )
 
 
