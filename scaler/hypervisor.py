@@ -164,9 +164,9 @@ class Hypervisor:
                 raise HypervisorUnavailable(f"{uri}: {_reason(exc)}") from None
             raise HypervisorRefused(f"--connect {uri!r}: {_reason(exc)}") from None
 
-    def _tag(self, domain: libvirt.virDomain, now: float) -> PoolTag | None:
+    def _tag(self, domain: libvirt.virDomain, now: float, uuid: str | None = None) -> PoolTag | None:
         """The domain's pool tag, read again after OWNERSHIP_RECHECK seconds."""
-        uuid = domain.UUIDString()
+        uuid = uuid or domain.UUIDString()
         cached = self._tags.get(uuid)
         if cached is not None and now - cached[1] < OWNERSHIP_RECHECK:
             return cached[0]
@@ -174,8 +174,8 @@ class Hypervisor:
         self._tags[uuid] = (tag, now)
         return tag
 
-    def _owned(self, domain: libvirt.virDomain, now: float) -> PoolTag | None:
-        tag = self._tag(domain, now)
+    def _owned(self, domain: libvirt.virDomain, now: float, uuid: str | None = None) -> PoolTag | None:
+        tag = self._tag(domain, now, uuid)
         return tag if tag is not None and tag.pool == self.pool else None
 
     def _connect(self) -> libvirt.virConnect:
@@ -245,12 +245,13 @@ class Hypervisor:
             now = self.clock()
             samples, names, uuids, committed = [], set(), set(), 0
             for domain, stats in connection.getAllDomainStats(BULK_STATS, 0):
+                uuid = domain.UUIDString()
                 names.add(domain.name())
-                uuids.add(domain.UUIDString())
+                uuids.add(uuid)
                 state = STATE_NAMES.get(stats.get("state.state"), "nostate")
                 if state != "shutoff":
                     committed += int(stats.get("vcpu.current") or 0)
-                tag = self._owned(domain, now)
+                tag = self._owned(domain, now, uuid)
                 if tag is not None:
                     samples.append(self._domain_sample(domain, stats, state, tag, now))
             self._tags = {uuid: tag for uuid, tag in self._tags.items() if uuid in uuids}
