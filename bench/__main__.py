@@ -4,13 +4,14 @@ assertions). make bench-policy runs the policy lab (`python -m bench policy`).""
 import argparse
 import sys
 
-from bench import pipeline, policy, scaler_tick
+from bench import fleet, pipeline, policy, scaler_tick
 
 BENCHMARKS = {
     "worker": pipeline.worker_efficiency,
     "producer": pipeline.producer_efficiency,
     "scaler": scaler_tick.tick_cost,
     "policy": policy.run,
+    "fleet": fleet.run,
 }
 
 
