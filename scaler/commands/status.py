@@ -10,7 +10,7 @@ import threading
 from virtscale import defaults
 from virtscale.config import OneLineParser
 from virtscale.scaler.commands.pool import add_pool_options, build_scaler
-from virtscale.scaler.live import fmt, yes_no
+from virtscale.scaler.live import fmt, host_counts, host_label, yes_no
 from virtscale.scaler.loop import TickReport
 from virtscale.scaler.policy import Policy, PolicyConfig
 
@@ -23,7 +23,7 @@ if the broker refuses the credentials (or the queue), status exits 1 with one li
 EXAMPLES = """\
 examples:
   virtscale-scaler status
-  virtscale-scaler status --connect qemu+ssh://host-2/system --pool 'worker-*'
+  virtscale-scaler status --connect qemu+ssh://host-2/system --pool workers
   virtscale-scaler status --json --management-url https://broker:15671
 """
 
@@ -77,11 +77,15 @@ def status_table(report: TickReport) -> str:
         f"queue: depth {fmt(reading.depth)} (ready {fmt(reading.ready)}, unacked {fmt(reading.unacked)}), "
         f"in {fmt(reading.publish_rate, '.1f')}/s, acked {fmt(reading.ack_rate, '.1f')}/s, "
         f"consumers {fmt(reading.consumers)}" + ("  [degraded]" if report.degraded else ""),
-        f"{'domain':<16} {'state':<14} {'cpu%':>6} consuming",
+        f"{'domain':<16} {'state':<14} {'cpu%':>6} {'consuming':<9} host",
     ]
     for name, domain in sorted(report.domains().items()):
+        host = host_label(domain["host"]) if domain.get("host") else "?"
         lines.append(
-            f"{name:<16} {domain['state']:<14} {fmt(domain['cpu'], '.1f'):>6} {yes_no(domain['consuming'])}"
+            f"{name:<16} {domain['state']:<14} {fmt(domain['cpu'], '.1f'):>6} "
+            f"{yes_no(domain['consuming']):<9} {host}"
         )
+    if len(report.hosts) > 1:
+        lines.append("hosts: " + host_counts(report))
     lines += [f"problem: {problem}" for problem in report.problems + report.failed_actions]
     return "\n".join(lines)

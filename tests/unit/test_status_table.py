@@ -25,12 +25,12 @@ def rows(text: str) -> dict[str, list[str]]:
 
 def test_the_table_shows_unseen_domains_as_unknown_and_a_missing_consumer_list_as_question_marks():
     assert rows(status_table(report())) == {
-        "vm-1": ["running", "12.0", "yes"],
-        "vm-2": ["shutoff", "?", "no"],
-        "vm-3": ["unknown", "?", "?"],
+        "vm-1": ["running", "12.0", "yes", "test:///default"],
+        "vm-2": ["shutoff", "?", "no", "test:///default"],
+        "vm-3": ["unknown", "?", "?", "?"],
     }
     blind = rows(status_table(report(consumers_known=False)))
-    assert blind["vm-1"][-1] == "?" and blind["vm-2"][-1] == "?"
+    assert blind["vm-1"][2] == "?" and blind["vm-2"][2] == "?"
 
 
 def test_status_output_holds_no_decision():
