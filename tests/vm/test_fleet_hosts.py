@@ -178,3 +178,8 @@ def test_two_vms_on_each_host_then_a_host_lost_and_back(fleet_pool, broker_url):
     wait_until(lambda: set(stored_ids(db)) >= run.ids, 120, "every job stored", every=1)
     stored = stored_ids(db)
     assert set(stored) == run.ids, "nothing lost, nothing foreign"
+    started = run.events[0]["time"]
+    for event in run.events:
+        for action in event["actions"]:
+            host = event["domains"].get(action["domain"], {}).get("host") or "new"
+            print(f"{event['time'] - started:6.0f}s {action['action']:<8} {action['domain']} ({host})")
