@@ -358,7 +358,7 @@ class Policy:
             vm = vms.get(name)
             if vm is not None and vm.state == UNKNOWN:
                 continue  # not seen this tick: neither drained nor to be destroyed blind
-            if vm is None or vm.state == "shutoff":
+            if vm is None or vm.state in ("shutoff", LOST):
                 del self.draining[name]
             elif now - self.draining[name] >= self.config.drain_timeout:
                 actions.append(Action(name, DESTROY))
@@ -385,6 +385,9 @@ class Policy:
             vm = vms.get(name)
             if vm is not None and vm.state == UNKNOWN:
                 continue  # not seen this tick: its absence says nothing, and no clock runs out
+            if vm is not None and vm.state == LOST:
+                del self.booting[name]  # its host is given up: not capacity, and nothing to act on
+                continue
             if vm is None or vm.state in ("shutoff", "crashed"):
                 del self.booting[name]
                 if vm is None or vm.state == "shutoff":

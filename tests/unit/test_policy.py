@@ -8,6 +8,7 @@ from virtscale.scaler.baselines import HpaCpuPolicy, KedaPolicy, OriginalPolicy
 from virtscale.scaler.policy import (
     ARRIVAL_SMOOTHING,
     DESTROY,
+    LOST,
     SHUTDOWN,
     START,
     UNKNOWN,
@@ -378,3 +379,15 @@ def test_the_original_decides_once_per_window_and_recommend_changes_nothing():
     hot = pool(ready=["vm-1", "vm-2"], off=["vm-3"], cpu=95.0)
     assert actions(policy.decide(observe(29, hot))) == [], "within its 30 s window"
     assert actions(policy.decide(observe(30, hot))) == [("vm-3", START)]
+
+
+def test_a_vm_booting_on_a_host_given_up_as_lost_is_neither_capacity_nor_acted_on():
+    policy = Policy(PolicyConfig(min_vms=1, max_vms=4, boot_timeout=60))
+    vms = (VmView("vm-1", "running", 50.0, True), VmView("vm-2", "running", None, False))
+    policy.decide(Observation(now=0.0, depth=500, arrival_rate=0.0, ack_rate=1.0, vms=vms))
+    assert "vm-2" in policy.booting
+    lost = (vms[0], VmView("vm-2", LOST))
+    decision = policy.decide(Observation(now=100.0, depth=500, arrival_rate=0.0, ack_rate=1.0, vms=lost))
+    assert "vm-2" not in policy.booting
+    assert all(action.domain != "vm-2" for action in decision.actions), decision.actions
+    assert decision.signals["booting"] == 0
