@@ -21,7 +21,7 @@ from virtscale.broker import declare_topology, delete_topology, queue_counts
 from virtscale.naming import QueueNames
 from virtscale.scaler import template
 from virtscale.scaler.hypervisor import Hypervisor
-from virtscale.scaler.ownership import DEFINED, PoolTag
+from virtscale.scaler.ownership import DEFINED
 from virtscale.scaler.provisioning import HostStorage
 
 URL = os.environ.get("VIRTSCALE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -69,13 +69,16 @@ def create_to_consuming() -> dict:
             storage = HostStorage(libvirt.open(URI))
             storage.ensure_image(made)  # once per host and image, not part of a scale-out
             settings = template.settings(f"{pool}-0", made, "guest")
-            storage.create(f"{pool}-0", made, PoolTag(pool, DEFINED, made.image.id), settings, start=False)
+            storage.create(f"{pool}-0", made, made.tag("guest", DEFINED), settings, start=False)
             for run in range(RUNS):
                 started.append(consuming_after(names, lambda: hypervisor.start(f"{pool}-0")))
                 hypervisor.destroy(f"{pool}-0")
                 name = f"{pool}-{run + 1}"
                 body = template.settings(name, made, "guest")
-                created.append(consuming_after(names, lambda n=name, b=body: hypervisor.create(n, made, b)))
+                tag = made.tag("guest")
+                created.append(
+                    consuming_after(names, lambda n=name, b=body, t=tag: hypervisor.create(n, made, b, t))
+                )
                 hypervisor.delete(name)
     finally:
         subprocess.run(

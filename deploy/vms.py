@@ -17,7 +17,7 @@ import libvirt
 from virtscale.config import OneLineParser
 from virtscale.scaler import template
 from virtscale.scaler.hypervisor import read_tag
-from virtscale.scaler.ownership import DEFINED, PoolTag, pool_name
+from virtscale.scaler.ownership import DEFINED, pool_name
 from virtscale.scaler.provisioning import HostStorage
 from virtscale.scaler.template import TemplateError
 
@@ -46,7 +46,7 @@ def define(connection: libvirt.virConnect, made: template.Template, count: int, 
                 print(f"vms: {name} is running; left as it is")
                 continue
             storage.delete(name)  # shut off: made again on the current template
-        tag = PoolTag(made.pool, DEFINED, made.image.id)
+        tag = made.tag(password, DEFINED)
         storage.create(name, made, tag, template.settings(name, made, password), start=False)
         print(f"vms: {name} defined ({made.domain_type}, {made.vcpus} vCPU, {made.memory_mib} MiB), shut off")
 

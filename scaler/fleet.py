@@ -13,6 +13,7 @@ from pathlib import Path
 
 from virtscale.scaler import placement, template
 from virtscale.scaler.hypervisor import HostSample
+from virtscale.scaler.ownership import PoolTag
 from virtscale.scaler.placement import SPREAD, HostRoom
 from virtscale.scaler.template import Template, TemplateError
 
@@ -76,11 +77,17 @@ class Fleet:
             self._template = loaded
         return self._template
 
-    def settings(self, name: str, chosen: Template) -> bytes:
-        """The settings volume's content for a new domain; the password is read now, so a
-        rotated one reaches every domain created from then on."""
-        password = Path(chosen.worker.password_file).read_text().strip()
-        return template.settings(name, chosen, password)
+    def password(self, chosen: Template) -> str:
+        """Read at each use, so a rotated password reaches every domain created from then on."""
+        return Path(chosen.worker.password_file).read_text().strip()
+
+    def settings(self, name: str, chosen: Template) -> tuple[bytes, PoolTag]:
+        """The settings volume's content for a new domain and the tag it is created with."""
+        password = self.password(chosen)
+        return template.settings(name, chosen, password), chosen.tag(password)
+
+    def generation(self, chosen: Template) -> str:
+        return template.generation(chosen, self.password(chosen))
 
     def cap(self, uri: str) -> int | None:
         return self.config.host_max_per_uri.get(uri, self.config.host_max)

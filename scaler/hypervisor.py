@@ -12,12 +12,14 @@ leaves them: each one comes out as HypervisorUnavailable (no answer this time) o
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
+import libvirt_qemu
 import tenacity
 
 from virtscale.backoff import reconnect_wait
@@ -45,6 +47,13 @@ STATE_NAMES = {
 BULK_STATS = (
     libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_VCPU
 )
+#: A pool domain shut off with a managed save image: restored, not booted, by a start.
+SAVED = "saved"
+#: Seconds to wait for the guest agent (it answers in milliseconds when the guest runs).
+AGENT_TIMEOUT = 10
+#: The worker's unit in the guest image, stopped before a save and started after a restore.
+WORKER_UNIT = "virtscale-worker.service"
+
 #: Seconds a domain's pool tag is trusted before it is read again: tagging (make tag) is
 #: noticed within this, while a tick reads the metadata of new domains only. Actions always
 #: read it afresh.
@@ -94,6 +103,8 @@ class DomainSample:
     origin: str = ownership.DEFINED
     #: The worker image it was made from ("" when unknown).
     image: str = ""
+    #: Its settings' generation (template.generation; "" when unknown).
+    generation: str = ""
 
     @property
     def on_demand(self) -> bool:
@@ -266,6 +277,8 @@ class Hypervisor:
         vcpus = stats.get("vcpu.current")
         if state != "shutoff" and (cpu_time is None or vcpus is None):
             cpu_time, vcpus = self._cpu_fallback(domain, cpu_time, vcpus)
+        if state == "shutoff" and _has_save_image(domain):
+            state = SAVED
         return DomainSample(
             name=domain.name(),
             uri=self.uri,
@@ -276,6 +289,7 @@ class Hypervisor:
             sampled_at=now,
             origin=tag.origin,
             image=tag.image,
+            generation=tag.generation,
         )
 
     @staticmethod
@@ -289,7 +303,39 @@ class Hypervisor:
     # -- actions -----------------------------------------------------------------------
 
     def start(self, name: str) -> None:
-        self._act(name, "start", lambda domain: domain.create())
+        """Boot a shut-off domain, or restore a saved one: then its clock is put right (it is
+        behind by the time it spent saved) and its worker, stopped before the save, started."""
+
+        def start(domain: libvirt.virDomain) -> None:
+            saved = _has_save_image(domain)
+            domain.create()
+            if saved:
+                self._after_restore(domain)
+
+        self._act(name, "start", start)
+
+    def _after_restore(self, domain: libvirt.virDomain) -> None:
+        now = time.time()
+        domain.setTime({"seconds": int(now), "nseconds": int((now % 1) * 1e9)}, 0)
+        guest_exec(domain, "/bin/systemctl", "start", "--no-block", WORKER_UNIT)
+
+    def stop_worker(self, name: str) -> None:
+        """First step of a save: the worker stops taking jobs, finishes and acks those in hand,
+        and exits (systemd's SIGTERM); the scaler saves the domain once it has left the queue."""
+        self._act(
+            name,
+            "drain",
+            lambda domain: guest_exec(domain, "/bin/systemctl", "stop", "--no-block", WORKER_UNIT),
+        )
+
+    def save(self, name: str) -> None:
+        """Managed save: the memory to disk, the domain shut off; a start restores it."""
+        self._act(name, "save", lambda domain: domain.managedSave(0))
+
+    def discard_save(self, name: str) -> None:
+        """Throw a saved domain's save image away (stale image, template or settings): its next
+        start is a cold boot on what it is defined with."""
+        self._act(name, "discard save image of", lambda domain: domain.managedSaveRemove(0))
 
     def shutdown(self, name: str) -> None:
         """ACPI power button: the guest's init stops the worker, which drains and acks."""
@@ -312,7 +358,9 @@ class Hypervisor:
 
         self._act(name, "delete", delete)
 
-    def create(self, name: str, template: Template, settings: bytes, *, start: bool = True) -> None:
+    def create(
+        self, name: str, template: Template, settings: bytes, tag: PoolTag, *, start: bool = True
+    ) -> None:
         """A new pool domain from ``template`` (volumes through libvirt's storage API), started
         unless ``start`` is False. Refused if the host already has a domain of that name."""
 
@@ -320,7 +368,7 @@ class Hypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 connection.lookupByName(name)
                 raise ActionFailed(f"refusing to create {name} on {self.uri}: a domain of that name exists")
-            self._storage(connection).create(name, template, template.tag(), settings, start=start)
+            self._storage(connection).create(name, template, tag, settings, start=start)
 
         self._call(f"create {name}", create, ActionFailed)
         log.info("%s: create %s (image %s)", self.uri, name, template.image.id)
@@ -388,6 +436,19 @@ def read_tag(domain: libvirt.virDomain) -> PoolTag | None:
         if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_SUPPORT):
             return None
         raise
+
+
+def _has_save_image(domain: libvirt.virDomain) -> bool:
+    try:
+        return bool(domain.hasManagedSaveImage(0))
+    except libvirt.libvirtError:
+        return False  # the test driver, or gone meanwhile: no save image to restore
+
+
+def guest_exec(domain: libvirt.virDomain, path: str, *args: str) -> None:
+    """Run a command in the guest through the QEMU guest agent (nothing waits for its end)."""
+    command = {"execute": "guest-exec", "arguments": {"path": path, "arg": list(args)}}
+    libvirt_qemu.qemuAgentCommand(domain, json.dumps(command), AGENT_TIMEOUT, 0)
 
 
 def _free_memory(connection: libvirt.virConnect) -> int | None:

@@ -381,7 +381,8 @@ class Scaler:
         if room is None:
             raise ActionFailed(f"create {name}: no host has room")
         hypervisor = next(h for h in self.hypervisors if h.uri == room.uri)
-        hypervisor.create(name, self._template, self.fleet.settings(name, self._template))
+        settings, tag = self.fleet.settings(name, self._template)
+        hypervisor.create(name, self._template, settings, tag)
         self._owner[name] = hypervisor
 
     def _collect_garbage(self, hosts: set[Hypervisor], report: TickReport) -> None:

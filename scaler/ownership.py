@@ -33,20 +33,26 @@ class PoolTag:
     origin: str = DEFINED
     #: Content hash of the worker image a template domain was created from ("" if unknown).
     image: str = ""
+    #: What its settings were made from (template and credentials; template.generation): a
+    #: saved domain of another generation is not restored, its save image is thrown away.
+    generation: str = ""
 
     def element(self) -> str:
         """The metadata element, without namespace: libvirt adds it from setMetadata's URI."""
         element = ElementTree.Element("pool", name=self.pool, origin=self.origin)
-        if self.image:
-            element.set("image", self.image)
+        self._optional(element)
         return ElementTree.tostring(element, encoding="unicode")
+
+    def _optional(self, element: ElementTree.Element) -> None:
+        for key in ("image", "generation"):
+            if getattr(self, key):
+                element.set(key, getattr(self, key))
 
     def metadata_xml(self) -> str:
         """The tag as it sits inside a domain XML's <metadata>."""
         element = ElementTree.Element(f"{PREFIX}:pool", {f"xmlns:{PREFIX}": NAMESPACE, "name": self.pool})
         element.set("origin", self.origin)
-        if self.image:
-            element.set("image", self.image)
+        self._optional(element)
         return ElementTree.tostring(element, encoding="unicode")
 
 
@@ -60,7 +66,12 @@ def parse(xml: str | None) -> PoolTag | None:
         return None
     if element.tag.rsplit("}", 1)[-1] != "pool" or not element.get("name"):
         return None
-    return PoolTag(element.get("name"), element.get("origin", DEFINED), element.get("image", ""))
+    return PoolTag(
+        element.get("name"),
+        element.get("origin", DEFINED),
+        element.get("image", ""),
+        element.get("generation", ""),
+    )
 
 
 def pool_name(text: str) -> str:

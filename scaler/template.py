@@ -73,8 +73,15 @@ class Template:
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def tag(self) -> PoolTag:
-        return PoolTag(self.pool, FROM_TEMPLATE, self.image.id)
+    def tag(self, password: str, origin: str = FROM_TEMPLATE) -> PoolTag:
+        return PoolTag(self.pool, origin, self.image.id, generation(self, password))
+
+
+def generation(template: Template, password: str) -> str:
+    """Changes when the template or the worker's password does: a domain saved under another
+    generation would restore stale code or stale credentials. A digest of a random password
+    reveals nothing of it."""
+    return hashlib.sha256(f"{template.id}\0{password}".encode()).hexdigest()[:16]
 
 
 def load(path: str | Path) -> Template:
@@ -181,6 +188,9 @@ def _devices(devices: ElementTree.Element, template: Template, files: DomainFile
     serial = ElementTree.SubElement(devices, "serial", type="file")
     ElementTree.SubElement(serial, "source", path=files.console_log, append="off")
     ElementTree.SubElement(serial, "target", port="0")
+    # The QEMU guest agent: sets a restored guest's clock and stops or starts its worker.
+    agent = ElementTree.SubElement(devices, "channel", type="unix")
+    ElementTree.SubElement(agent, "target", type="virtio", name="org.qemu.guest_agent.0")
     rng = ElementTree.SubElement(devices, "rng", model="virtio")
     ElementTree.SubElement(rng, "backend", model="random").text = "/dev/urandom"
     ElementTree.SubElement(devices, "memballoon", model="none")

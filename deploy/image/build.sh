@@ -12,7 +12,7 @@ OUT=${OUT:-/var/lib/libvirt/images/virtscale}
 SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-$(deploy/image/host-mirror.sh)}
 DISK_SIZE=${DISK_SIZE:-1536M}
-PACKAGES=systemd,systemd-sysv,udev,dbus,kmod,iproute2,nftables,linux-image-amd64,initramfs-tools,python3,python3-pika,python3-bcrypt,python3-cffi-backend,python3-tenacity
+PACKAGES=systemd,systemd-sysv,udev,dbus,kmod,iproute2,nftables,linux-image-amd64,initramfs-tools,python3,python3-pika,python3-bcrypt,python3-cffi-backend,python3-tenacity,qemu-guest-agent
 
 log() { printf 'image: %s\n' "$*" >&2; }
 

@@ -186,7 +186,7 @@ def domain(name="vm-1", network="user", domain_type="qemu", uuid=None, folder="/
         f"{folder}/{name}.log",
     )
     made = pool_template(network, domain_type)
-    return ElementTree.fromstring(template.domain_xml(name, made, files, made.tag(), uuid))
+    return ElementTree.fromstring(template.domain_xml(name, made, files, made.tag("a password"), uuid))
 
 
 def test_a_network_name_with_markup_characters_is_escaped():
@@ -242,7 +242,7 @@ def test_libvirt_accepts_the_domain_and_keeps_the_escaped_network_and_the_tag():
     try:
         made = pool_template(NASTY_NETWORK, vcpus=1)
         files = template.DomainFiles("/k", "/i", "default-pool", "a.qcow2", "a.settings", "/a.log")
-        defined = connection.defineXML(template.domain_xml("vm-escape", made, files, made.tag()))
+        defined = connection.defineXML(template.domain_xml("vm-escape", made, files, made.tag("a password")))
         source = ElementTree.fromstring(defined.XMLDesc()).find("devices/interface/source")
         assert source.get("network") == NASTY_NETWORK
         tag = defined.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "http://virtscale.org/xmlns/pool/1")
