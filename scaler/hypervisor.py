@@ -51,6 +51,8 @@ BULK_STATS = (
 SAVED = "saved"
 #: Seconds to wait for the guest agent (it answers in milliseconds when the guest runs).
 AGENT_TIMEOUT = 10
+#: Disk a save image may take, as a multiple of the guest's memory.
+SAVE_MARGIN = 1.25
 #: The worker's unit in the guest image, stopped before a save and started after a restore.
 WORKER_UNIT = "virtscale-worker.service"
 
@@ -331,6 +333,19 @@ class Hypervisor:
     def save(self, name: str) -> None:
         """Managed save: the memory to disk, the domain shut off; a start restores it."""
         self._act(name, "save", lambda domain: domain.managedSave(0))
+
+    def save_room(self, name: str) -> str | None:
+        """None if the host's storage has room for ``name``'s save image (its memory, with a
+        margin); else why not. The storage pool's filesystem stands for the host's disk."""
+
+        def room(connection: libvirt.virConnect) -> str | None:
+            memory = connection.lookupByName(name).info()[2] * 1024  # KiB -> bytes
+            available = self._storage(connection).storage_pool().info()[3]
+            if available < memory * SAVE_MARGIN:
+                return f"{available // 2**20} MiB free for a {memory // 2**20} MiB save image"
+            return None
+
+        return self._call(f"disk room for saving {name}", room, ActionFailed)
 
     def discard_save(self, name: str) -> None:
         """Throw a saved domain's save image away (stale image, template or settings): its next

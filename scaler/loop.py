@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from virtscale.scaler.cpu import CpuWindow
 from virtscale.scaler.fleet import Fleet
 from virtscale.scaler.hypervisor import (
+    SAVED,
     ActionFailed,
     DomainSample,
     HostSample,
@@ -28,6 +29,7 @@ from virtscale.scaler.policy import (
     DELETE,
     DESTROY,
     LOST,
+    SAVE,
     SHUTDOWN,
     START,
     UNKNOWN,
@@ -185,6 +187,8 @@ class Scaler:
         #: This tick's template and placement rooms, for act().
         self._template: Template | None = None
         self._rooms: list[HostRoom] = []
+        #: Domains whose worker is draining before a managed save, and since when.
+        self._saving: dict[str, float] = {}
 
     def tick(self) -> TickReport:
         seen = self.observe_domains()
@@ -350,11 +354,16 @@ class Scaler:
     def act(self, report: TickReport) -> None:
         if self.dry_run:
             return
+        self._progress_saves(report)
+        self._discard_stale_saves(report)
         deleted = set()
         for action in report.decision.actions:
             try:
                 if action.action == CREATE:
                     self._create(action.domain)
+                    continue
+                if action.action == SAVE:
+                    self._begin_save(action.domain, report)
                     continue
                 hypervisor = self._owner.get(action.domain)
                 if hypervisor is None:
@@ -372,6 +381,52 @@ class Scaler:
                 log.error("%s", exc)
                 report.failed_actions.append(str(exc))
         self._collect_garbage(deleted, report)
+
+    def _begin_save(self, name: str, report: TickReport) -> None:
+        """Into the warm pool: the worker drains first (the save follows in a later tick). A
+        host without disk room for the save image gets a plain shutdown instead, and says so."""
+        hypervisor = self._owner[name]
+        no_room = hypervisor.save_room(name)
+        if no_room is not None:
+            report.notes.append(
+                f"{name}: no room to save it on {hypervisor.uri} ({no_room}): shut down instead"
+            )
+            hypervisor.shutdown(name)
+            return
+        hypervisor.stop_worker(name)
+        self._saving[name] = self.clock()
+
+    def _progress_saves(self, report: TickReport) -> None:
+        """Save each draining domain once its worker has left the queue (it acked what it held
+        and exited), or once the drain timeout is up (what it held goes back to the queue)."""
+        states = {sample.name: sample.state for sample in report.samples}
+        timeout = self.policy.config.drain_timeout
+        for name, since in list(self._saving.items()):
+            if states.get(name) != "running":
+                if name in states or name not in report.unseen:
+                    del self._saving[name]  # saved, stopped or gone
+                continue
+            drained = report.reading.consumers_known and name not in report.reading.consuming
+            if drained or self.clock() - since >= timeout:
+                try:
+                    self._owner[name].save(name)
+                    del self._saving[name]
+                except (ActionFailed, HypervisorUnavailable) as exc:
+                    report.failed_actions.append(str(exc))
+
+    def _discard_stale_saves(self, report: TickReport) -> None:
+        """A saved domain of another generation (image, template or credentials changed) would
+        restore stale code or credentials: its save image goes; it boots cold if ever started."""
+        if self.fleet is None or self._template is None:
+            return
+        current = self.fleet.generation(self._template)
+        for sample in report.samples:
+            if sample.state == SAVED and sample.generation and sample.generation != current:
+                try:
+                    self._owner[sample.name].discard_save(sample.name)
+                    report.notes.append(f"{sample.name}: save image of an older template discarded")
+                except (ActionFailed, HypervisorUnavailable) as exc:
+                    report.failed_actions.append(str(exc))
 
     def _create(self, name: str) -> None:
         """A new domain from the template on the host placement chooses."""

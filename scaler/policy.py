@@ -40,6 +40,8 @@ ROUNDING_SLACK = 1e-9
 #: (and starts it); DELETE removes one the scaler created (destroy, undefine, volumes).
 START, SHUTDOWN, DESTROY = "start", "shutdown", "destroy"
 CREATE, DELETE = "create", "delete"
+#: Drain a VM and managed-save it into the warm pool; a START of a saved domain restores it.
+SAVE = "save"
 
 #: The state of a pool domain libvirt did not list this tick although it may well exist (its
 #: connection is down, or libvirtd was just restarted and has not reattached its domains yet).
