@@ -51,6 +51,8 @@ BULK_STATS = (
 SAVED = "saved"
 #: Seconds to wait for the guest agent (it answers in milliseconds when the guest runs).
 AGENT_TIMEOUT = 10
+#: Seconds between two tries of a guest agent that has not reconnected yet after a restore.
+AGENT_RETRY = 0.1
 #: Disk a save image may take, as a multiple of the guest's memory.
 SAVE_MARGIN = 1.25
 #: The worker's unit in the guest image, stopped before a save and started after a restore.
@@ -317,8 +319,17 @@ class Hypervisor:
         self._act(name, "start", start)
 
     def _after_restore(self, domain: libvirt.virDomain) -> None:
-        now = time.time()
-        domain.setTime({"seconds": int(now), "nseconds": int((now % 1) * 1e9)}, 0)
+        """The guest's clock, then its worker; the agent may need a moment to reconnect."""
+        deadline = time.monotonic() + AGENT_TIMEOUT
+        while True:
+            try:
+                now = time.time()
+                domain.setTime({"seconds": int(now), "nseconds": int((now % 1) * 1e9)}, 0)
+                break
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_AGENT_UNRESPONSIVE or time.monotonic() > deadline:
+                    raise
+                time.sleep(AGENT_RETRY)
         guest_exec(domain, "/bin/systemctl", "start", "--no-block", WORKER_UNIT)
 
     def stop_worker(self, name: str) -> None:
