@@ -4,7 +4,7 @@ assertions). make bench-policy runs the policy lab (`python -m bench policy`).""
 import argparse
 import sys
 
-from bench import fleet, pipeline, policy, scaler_tick
+from bench import fleet, pipeline, policy, scaler_tick, warm
 
 BENCHMARKS = {
     "worker": pipeline.worker_efficiency,
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "scaler": scaler_tick.tick_cost,
     "policy": policy.run,
     "fleet": fleet.run,
+    "warm": warm.run,
 }
 
 
