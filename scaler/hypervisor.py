@@ -319,7 +319,8 @@ class Hypervisor:
         self._act(name, "start", start)
 
     def _after_restore(self, domain: libvirt.virDomain) -> None:
-        """The guest's clock, then its worker; the agent may need a moment to reconnect."""
+        """The guest's clock, then its parked worker resumed; the agent may need a moment to
+        reconnect after the restore."""
         deadline = time.monotonic() + AGENT_TIMEOUT
         while True:
             try:
@@ -330,7 +331,7 @@ class Hypervisor:
                 if exc.get_error_code() != libvirt.VIR_ERR_AGENT_UNRESPONSIVE or time.monotonic() > deadline:
                     raise
                 time.sleep(AGENT_RETRY)
-        guest_exec(domain, "/bin/systemctl", "start", "--no-block", WORKER_UNIT)
+        guest_exec(domain, "/bin/systemctl", "kill", "--signal=SIGUSR2", WORKER_UNIT)
 
     def stop_worker(self, name: str) -> None:
         """First step of a save: the worker stops taking jobs, finishes and acks those in hand,

@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def on_signal(signum: int, _frame) -> None:
+        if worker.stop_parked():
+            log.info("%s while parked: exiting", signal.Signals(signum).name)
+            return
         if worker.stop_requested.is_set():
             log.warning("second %s: exiting at once", signal.Signals(signum).name)
             os._exit(1)
@@ -135,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # The warm pool: SIGUSR1 drains and parks the worker before a save, SIGUSR2 resumes it.
+    signal.signal(signal.SIGUSR1, lambda *_: worker.request_park())
+    signal.signal(signal.SIGUSR2, lambda *_: worker.request_resume())
     try:
         worker.run()
     except BrokerRefused as exc:

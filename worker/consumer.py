@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +45,9 @@ class Worker(ConsumerService):
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bcrypt")
         self.hashed = 0
         self.dead_lettered = 0
+        #: Parked: drained and disconnected, waiting for ``resume`` (the warm pool's save).
+        self.parking = False
+        self.resume = threading.Event()
 
     # -- outline -----------------------------------------------------------------------
 
@@ -58,7 +62,10 @@ class Worker(ConsumerService):
             self.names.jobs,
         )
         try:
-            self._keep_running(f"worker {self.name}")
+            while True:
+                self._keep_running(f"worker {self.name}")
+                if not self._parked():
+                    break
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
         log.info(
@@ -67,6 +74,41 @@ class Worker(ConsumerService):
             self.hashed,
             self.dead_lettered,
         )
+
+    # -- parking (the warm pool) ----------------------------------------------------------
+
+    def request_park(self) -> None:
+        """Signal-safe: drain like a warm stop (no new jobs, those in hand finished and acked,
+        the connection closed), then wait for request_resume() instead of exiting. The scaler
+        parks a worker before it saves the VM, and resumes it right after the restore: a
+        process that is already running reconnects in a fraction of a second."""
+        self.parking = True
+        self.request_stop()
+
+    def request_resume(self) -> None:
+        self.resume.set()
+
+    def _parked(self) -> bool:
+        """After a drain: wait while parked; True to work again, False to exit."""
+        if not self.parking:
+            return False
+        log.info("worker %s: parked, nothing in hand; waiting to be resumed", self.name)
+        self.resume.wait()
+        self.resume.clear()
+        if not self.parking:
+            return False  # asked to stop while parked
+        self.parking = False
+        self.stop_requested.clear()
+        log.info("worker %s: resumed", self.name)
+        return True
+
+    def stop_parked(self) -> bool:
+        """Signal-safe: end a parked worker (True), or say it is not parked (False)."""
+        if not self.parking:
+            return False
+        self.parking = False
+        self.resume.set()
+        return True
 
     # -- session -----------------------------------------------------------------------
 
