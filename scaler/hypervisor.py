@@ -335,12 +335,13 @@ class Hypervisor:
 
     def stop_worker(self, name: str) -> None:
         """First step of a save: the worker stops taking jobs, finishes and acks those in hand,
-        and exits (systemd's SIGTERM); the scaler saves the domain once it has left the queue."""
-        self._act(
-            name,
-            "drain",
-            lambda domain: guest_exec(domain, "/bin/systemctl", "stop", "--no-block", WORKER_UNIT),
-        )
+        closes its connection and parks (SIGUSR1); the scaler saves the domain once it has left
+        the queue, and resumes the worker (SIGUSR2) right after the restore."""
+
+        def park(domain: libvirt.virDomain) -> None:
+            guest_exec(domain, "/bin/systemctl", "kill", "--signal=SIGUSR1", WORKER_UNIT)
+
+        self._act(name, "drain", park)
 
     def save(self, name: str) -> None:
         """Managed save: the memory to disk, the domain shut off; a start restores it."""
