@@ -50,7 +50,7 @@ def render(report: TickReport, *, dry_run: bool, log_lines: Iterable[str] = ()) 
     """The view of one tick; every line fits the console's width (long ones are cut or folded)."""
     return Group(
         *_log_pane(log_lines),
-        _heading(report.time, dry_run),
+        _heading(report.time, dry_run, _leadership(report, dry_run)),
         _queue_line(report),
         *(
             [Text("hosts: " + host_counts(report), no_wrap=True, overflow="ellipsis")]
@@ -80,15 +80,29 @@ def _log_pane(log_lines: Iterable[str]) -> list[Text]:
     return [Text(line, style="dim", no_wrap=True, overflow="ellipsis") for line in log_lines]
 
 
-def _heading(when: float, dry_run: bool) -> Rule:
+def _heading(when: float, dry_run: bool, leadership: Text | None = None) -> Rule:
     title = Text()
     if dry_run:
         # First in the title, so a narrow terminal cuts anything but this.
         title.append(" DRY RUN: nothing is changed ", style="bold white on red")
         title.append("  ")
+    elif leadership is not None:
+        title.append_text(leadership)
+        title.append("  ")
     title.append("virtscale-scaler run", style="bold")
     title.append("  " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)))
     return Rule(title, align="left")
+
+
+def _leadership(report: TickReport, dry_run: bool) -> Text | None:
+    """Who leads the pool: this scaler, or (on a standby) the holder of the lease."""
+    if dry_run:
+        return None
+    if report.leader:
+        return Text(" LEADER ", style="bold white on green")
+    holder = report.lease_holder
+    leads = f"{holder} leads" if holder else "no scaler leads" if holder == "" else "leader not known"
+    return Text(f" STANDBY: {leads} ", style="bold black on yellow")
 
 
 def _queue_line(report: TickReport) -> Text:

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from virtscale.scaler.cpu import CpuWindow
 from virtscale.scaler.fleet import Fleet
@@ -23,6 +23,7 @@ from virtscale.scaler.hypervisor import (
     Hypervisor,
     HypervisorUnavailable,
 )
+from virtscale.scaler.leadership import Leadership, SoleScaler
 from virtscale.scaler.placement import HostRoom
 from virtscale.scaler.policy import (
     CREATE,
@@ -33,6 +34,7 @@ from virtscale.scaler.policy import (
     SHUTDOWN,
     START,
     UNKNOWN,
+    Action,
     Decision,
     Observation,
     Policy,
@@ -102,6 +104,11 @@ class TickReport:
     #: Per host: reachable, pool domains by state, cap.
     hosts: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: Whether this scaler led the pool in this tick: False on a standby (no actions) and a dry run.
+    leader: bool = True
+    #: Who held the pool's lease: this scaler's name when it leads; on a standby the holder the
+    #: management API named ("" for none), None when not known.
+    lease_holder: str | None = None
 
     @property
     def degraded(self) -> bool:
@@ -153,6 +160,8 @@ class TickReport:
             "problems": self.problems + self.failed_actions,
             "hosts": self.hosts,
             "notes": self.notes,
+            "leader": self.leader,
+            "lease_holder": self.lease_holder,
         }
 
 
@@ -170,6 +179,7 @@ class Scaler:
         on_tick: Callable[[TickReport], None] | None = None,
         log_decisions: bool = True,
         fleet: Fleet | None = None,
+        leadership: Leadership | SoleScaler | None = None,
     ):
         self.hypervisors = hypervisors
         self.monitor = monitor
@@ -182,6 +192,8 @@ class Scaler:
         #: False for a scaler that only observes (status): its policy's decision means nothing.
         self.log_decisions = log_decisions
         self.fleet = fleet
+        #: Whether this scaler may act: the pool's lease, or always when it is the only one.
+        self.leadership = leadership or SoleScaler()
         self._owner: dict[str, Hypervisor] = {}
         self._listings: dict[Hypervisor, Listing] = {}
         #: This tick's template and placement rooms, for act().
@@ -191,6 +203,8 @@ class Scaler:
         self._saving: dict[str, float] = {}
 
     def tick(self) -> TickReport:
+        # Asked before observing: what a leader acts on, it saw while it led.
+        term = self.leadership.term()
         seen = self.observe_domains()
         reading = self.read_queue()
         problems = seen.problems + ([reading.problem or "queue reading degraded"] if reading.degraded else [])
@@ -208,7 +222,13 @@ class Scaler:
             new_names=new_names,
             room_note=room_note,
         )
+        before = self.policy.bookkeeping()
         decision = self.policy.decide(observation)
+        if term is None:  # a standby: the same reading of the pool, nothing done about it
+            self.policy.forget(decision.actions, before)
+            decision = replace(
+                decision, actions=(), reason=f"{self.leadership.standby_note()}; {decision.reason}"
+            )
         report = TickReport(
             self.wall_clock(),
             reading,
@@ -221,10 +241,14 @@ class Scaler:
             host_of=seen.host_of,
             hosts=self._host_summary(seen),
             notes=seen.notes,
+            leader=term is not None and not self.dry_run,
+            lease_holder=self.leadership.holder(),
         )
         if self.log_decisions:
             log.info("%s%s", "[dry-run] " if self.dry_run else "", decision.reason)
-        self.act(report)
+        untaken = self.act(report, term)
+        if untaken:
+            self.policy.forget(untaken, before)
         if self.on_tick:
             self.on_tick(report)
         return report
@@ -351,13 +375,23 @@ class Scaler:
         seen.problems.append(problem)
         seen.unseen += listing.names
 
-    def act(self, report: TickReport) -> None:
-        if self.dry_run:
-            return
-        self._progress_saves(report)
-        self._discard_stale_saves(report)
+    def act(self, report: TickReport, term: int | None = 0) -> list[Action]:
+        """Take the decision's actions, each only while the lease of ``term`` still holds; returns
+        those not taken for want of it (the report then lists only the taken ones)."""
+        if self.dry_run or term is None:
+            return []
+        if self.leadership.still_leads(term):
+            self._progress_saves(report)
+            self._discard_stale_saves(report)
         deleted = set()
-        for action in report.decision.actions:
+        actions = list(report.decision.actions)
+        for index, action in enumerate(actions):
+            if not self.leadership.still_leads(term):
+                untaken = actions[index:]
+                log.warning("lease lost or not confirmed: not taken: %s", _listed(untaken))
+                report.failed_actions.append(f"lease lost before: {_listed(untaken)}")
+                report.decision = replace(report.decision, actions=tuple(actions[:index]))
+                return untaken
             try:
                 if action.action == CREATE:
                     self._create(action.domain)
@@ -380,7 +414,9 @@ class Scaler:
             except (ActionFailed, HypervisorUnavailable, TemplateError, OSError) as exc:
                 log.error("%s", exc)
                 report.failed_actions.append(str(exc))
-        self._collect_garbage(deleted, report)
+        if self.leadership.still_leads(term):
+            self._collect_garbage(deleted, report)
+        return []
 
     def _begin_save(self, name: str, report: TickReport) -> None:
         """Into the warm pool: the worker drains first (the save follows in a later tick). A
@@ -464,6 +500,10 @@ class Scaler:
                 except (ActionFailed, HypervisorUnavailable) as exc:
                     log.error("%s", exc)
         return stopped
+
+
+def _listed(actions: list[Action]) -> str:
+    return ", ".join(f"{action.action} {action.domain}" for action in actions)
 
 
 class EventsFile:

@@ -180,6 +180,9 @@ class ScalerMetrics:
         self.refused = self._gauge(
             "virtscale_broker_refused", "1 when the broker refused the scaler's credentials in the last tick"
         )
+        self.leader = self._gauge(
+            "virtscale_leader", "1 when this scaler led its pool in the last tick (0: a standby or a dry run)"
+        )
         self.dry_run_marker = self._gauge("virtscale_dry_run", "1 when the scaler only plans (--dry-run)")
         self.dry_run_marker.set(1 if self.dry_run else 0)
         build = Info("virtscale_build", "The running release", registry=self.values)
@@ -212,6 +215,7 @@ class ScalerMetrics:
         self._record_decision(report)
         self.degraded.set(1 if report.degraded else 0)
         self.refused.set(1 if report.refused else 0)
+        self.leader.set(1 if report.leader else 0)
 
     def _record_queue(self, report: TickReport) -> None:
         reading = report.reading
@@ -260,8 +264,9 @@ class ScalerMetrics:
         if report.failed_actions:
             self.action_failures.inc(len(report.failed_actions))
         # A dry run starts nothing, so its "failures" (a VM never started never consumes) are not.
+        # A standby's judgements are the leader's to count (it would count each failed VM twice).
         failed = signals.get("failed_vms") or ()
-        if failed and not self.dry_run:
+        if failed and report.leader and not self.dry_run:
             self.failed_vms.inc(len(failed))
 
 

@@ -167,6 +167,25 @@ class Decision:
     signals: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Bookkeeping:
+    """What deciding an action records in a policy (boot and drain clocks, the last scale-up, a
+    refresh's extra VM), as it stood before a decision: Policy.forget puts it back for the actions
+    that were not taken."""
+
+    booting: dict[str, float]
+    draining: dict[str, float]
+    last_scale_up: float
+    refresh_surge: str | None
+
+
+def _put_back(current: dict[str, float], before: dict[str, float], name: str) -> None:
+    if name in before:
+        current[name] = before[name]
+    else:
+        current.pop(name, None)
+
+
 def _idleness_rank(vm: VmView) -> float:
     """Lower is idler: CPU% in VICTIM_CPU_STEP steps; a VM whose CPU is unknown ranks last."""
     return math.inf if vm.cpu is None else round(vm.cpu / VICTIM_CPU_STEP)
@@ -274,6 +293,24 @@ class Policy:
         if notes:
             reason += "; " + "; ".join(notes)
         return Decision(target, tuple(actions), reason, signals)
+
+    def bookkeeping(self) -> Bookkeeping:
+        return Bookkeeping(dict(self.booting), dict(self.draining), self.last_scale_up, self.refresh_surge)
+
+    def forget(self, actions: tuple[Action, ...] | list[Action], before: Bookkeeping) -> None:
+        """Take back what deciding ``actions`` recorded, as none was taken (a standby decides but
+        does not act; a leader may lose its lease before acting): a start never made must not
+        turn into a boot that failed. What a decision read from the pool stays: a domain that
+        crashed or did not consume in time is failed whoever destroys it."""
+        for action in actions:
+            if action.action == DESTROY and action.domain not in before.draining:
+                continue  # a crash or a boot timeout: what the pool showed, not what was done
+            _put_back(self.booting, before.booting, action.domain)
+            _put_back(self.draining, before.draining, action.domain)
+            if action.domain == self.refresh_surge != before.refresh_surge:
+                self.refresh_surge = before.refresh_surge
+        if any(action.action in (START, CREATE) for action in actions):
+            self.last_scale_up = before.last_scale_up
 
     # -- recommendations (overridden by other policies) --------------------------------
 

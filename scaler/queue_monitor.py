@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import requests
 
-from virtscale.broker import BrokerRefused, BrokerUnavailable, queue_counts
+from virtscale.broker import HOLDER_ARGUMENT, BrokerRefused, BrokerUnavailable, queue_counts
 from virtscale.config import redact_url
 from virtscale.naming import connection_name, worker_from_consumer_tag
 
@@ -123,9 +123,8 @@ class QueueMonitor:
         base = management_url.rstrip("/")
         self.management = redact_url(base)
         # The vhost and queue are path segments: "/" must travel as %2F.
-        self.queue_endpoint = (
-            f"{base}/api/queues/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(queue, safe='')}"
-        )
+        self.queues_endpoint = f"{base}/api/queues/{urllib.parse.quote(vhost, safe='')}"
+        self.queue_endpoint = f"{self.queues_endpoint}/{urllib.parse.quote(queue, safe='')}"
         self._http = requests.Session()
         self._http.auth = auth
         self._http.verify = verify
@@ -147,6 +146,22 @@ class QueueMonitor:
         if not isinstance(body, dict):
             return self._fallback(f"management API: not a queue object for {self.queue}")
         return self._parse(body)
+
+    def lease_holder(self, lease: str) -> str | None:
+        """Who holds the lease queue ``lease`` (virtscale.scaler.leadership): the holder's name,
+        "" when no scaler holds it, None when the management API did not say."""
+        try:
+            response = self._http.get(
+                f"{self.queues_endpoint}/{urllib.parse.quote(lease, safe='')}", timeout=HTTP_TIMEOUT
+            )
+            if response.status_code == 404:
+                return ""
+            response.raise_for_status()
+            holder = response.json().get("arguments", {}).get(HOLDER_ARGUMENT)
+        except (requests.RequestException, ValueError, AttributeError) as exc:
+            log.debug("the holder of %s not read: %s", lease, type(exc).__name__)
+            return None
+        return holder if isinstance(holder, str) else None
 
     def refusal(self) -> str | None:
         """At start-up: why the broker refuses the scaler (management API or AMQP), or None.

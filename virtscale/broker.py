@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 
 import pika
@@ -49,14 +50,16 @@ class BrokerRefused(Exception):
     argument). Retrying will not help: fix the configuration named in the message and restart."""
 
 
-def connection_parameters(url: str, connection_name: str) -> pika.URLParameters:
-    """pika's parameters for ``url``, named ``connection_name`` in the management UI.
-    Raises BrokerRefused for a URL pika cannot use (a bad port or query option)."""
+def connection_parameters(url: str, connection_name: str, heartbeat: int | None = None) -> pika.URLParameters:
+    """pika's parameters for ``url``, named ``connection_name`` in the management UI; ``heartbeat``
+    overrides the URL's. Raises BrokerRefused for a URL pika cannot use (a bad port or query option)."""
     try:
         params = pika.URLParameters(url)
     except (ValueError, TypeError, SyntaxError) as exc:
         raise BrokerRefused(f"broker URL {redact_url(url)} is not usable: {exc}") from None
-    if "heartbeat" not in url:
+    if heartbeat is not None:
+        params.heartbeat = heartbeat
+    elif "heartbeat" not in url:
         params.heartbeat = defaults.HEARTBEAT
     params.connection_attempts = 1
     params.blocked_connection_timeout = defaults.BLOCKED_CONNECTION_TIMEOUT
@@ -211,8 +214,10 @@ class Session:
         queues: tuple[str, ...] = (),
         prefetch: int = 0,
         connection_name: str,
+        heartbeat: int | None = None,
     ):
         self.url = url
+        self._heartbeat = heartbeat
         self._on_ready = on_ready
         self._connection_name = connection_name
         self._queues = queues
@@ -232,7 +237,7 @@ class Session:
     def run(self) -> None:
         try:
             self._connection = pika.SelectConnection(
-                connection_parameters(self.url, self._connection_name),
+                connection_parameters(self.url, self._connection_name, self._heartbeat),
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_connection_closed,
@@ -482,6 +487,149 @@ class Session:
             self._failure = failure
         if self._connection.is_open:
             self._connection.close()
+
+
+#: The lease queue's argument that names its holder, so that the management API and UI show it.
+HOLDER_ARGUMENT = "x-virtscale-holder"
+
+#: Reply codes of a lease claimed or checked in vain: another connection holds the queue (405), or
+#: it is gone (404). Either way this connection does not hold it; neither is a configuration error.
+LEASE_NOT_HELD = frozenset({404, 405})
+
+
+class LeaseSession(Session):
+    """One connection that holds an exclusive queue as a lease, or waits until it can.
+
+    An exclusive queue belongs to the connection that declared it, and no other connection may
+    declare it until the broker deletes it, which it does when that connection ends: closed, or
+    found dead by its heartbeat. So the connection that declared the queue holds the lease.
+
+    While another connection holds it, a probe every ``probe_interval`` seconds publishes an empty
+    mandatory message to the queue's name: the broker returns it once no such queue exists, and the
+    session then declares the queue. (Declaring a queue held elsewhere would be refused with a
+    channel error, which the broker logs as an error; a returned message is none.) While holding
+    it, a check every ``check_interval`` seconds declares it passively, which only the holder's
+    connection can do.
+
+    Callbacks, on the I/O loop's thread: ``on_confirmed(sent_at)`` after the claim and after each
+    check, with the clock time the confirmed request was sent; ``on_standby()`` after a probe or
+    claim that found the lease held elsewhere; ``on_lost(reason)`` when a check fails or the
+    connection ends while holding it. ``run`` and ``stop`` are Session's.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        *,
+        holder: str,
+        connection_name: str,
+        heartbeat: int,
+        check_interval: float,
+        probe_interval: float,
+        on_confirmed: Callable[[float], None],
+        on_standby: Callable[[], None],
+        on_lost: Callable[[str], None],
+        clock: Callable[[], float],
+    ):
+        super().__init__(
+            url, lambda _session: self._probe(), connection_name=connection_name, heartbeat=heartbeat
+        )
+        self.queue = queue
+        self.holding = False
+        self._arguments = {"x-max-length": 0, HOLDER_ARGUMENT: holder}  # probes are dropped at once
+        self._check_interval = check_interval
+        self._probe_interval = probe_interval
+        self._on_confirmed = on_confirmed
+        self._on_standby = on_standby
+        self._on_lost = on_lost
+        self._clock = clock
+        #: Counts the channels opened, so that a timer set on one does nothing on the next.
+        self._channels = 0
+
+    def _later(self, delay: float, step: Callable[[], None]) -> None:
+        channel = self._channels
+        self.call_later(delay, lambda: step() if channel == self._channels and self.usable else None)
+
+    def _probe(self) -> None:
+        def probed(routed: bool) -> None:
+            if not self.usable:
+                return  # the session ended: this says nothing about the lease
+            if routed:
+                self._on_standby()
+                self._later(self._probe_interval, self._probe)
+            else:
+                self._claim()
+
+        self.publish(self.queue, b"", probed, message_id=str(uuid.uuid4()))
+
+    def _claim(self) -> None:
+        sent_at = self._clock()
+        self._on_channel(
+            f"claim of {self.queue}",
+            lambda channel: channel.queue_declare(
+                self.queue, exclusive=True, arguments=self._arguments, callback=lambda _f: self._held(sent_at)
+            ),
+        )
+
+    def _check(self) -> None:
+        sent_at = self._clock()
+        self._on_channel(
+            f"check of {self.queue}",
+            lambda channel: channel.queue_declare(
+                self.queue, passive=True, callback=lambda _f: self._held(sent_at)
+            ),
+        )
+
+    def _held(self, sent_at: float) -> None:
+        self.holding = True
+        self._on_confirmed(sent_at)
+        self._later(self._check_interval, self._check)
+
+    def _became_ready(self) -> None:
+        # Said at DEBUG: what the holder says next (leading, or a standby) is the news.
+        self.ready = True
+        log.debug("connected to %s as %r", redact_url(self.url), self._connection_name)
+        self._on_ready(self)
+
+    def _on_return(self, _channel, _method, properties, _body) -> None:
+        # A probe coming back is the news that the lease is free, not a problem to log.
+        self._returned.add(properties.message_id)
+
+    def _lose(self, reason: str) -> None:
+        if self.holding:
+            self.holding = False
+            self._on_lost(reason)
+
+    def _on_channel_open(self, channel) -> None:
+        self._channels += 1
+        super()._on_channel_open(channel)
+
+    def _on_channel_closed(self, channel, reason) -> None:
+        code = getattr(reason, "reply_code", None)
+        if code in LEASE_NOT_HELD and not self._stopping and self._connection.is_open:
+            # Another connection won the race to claim it, or it was deleted: probe again on a
+            # new channel (the broker closed this one).
+            self._channel = None
+            self._fail_pending()  # a new channel numbers its confirms from 1 again
+            self._next_seq = 1
+            was_holding = self.holding
+            self._lose(describe(reason))
+            if not was_holding:
+                self._on_standby()
+            self._connection.channel(on_open_callback=self._on_channel_open)
+            return
+        self._lose(describe(reason))
+        if code == 403 and not self._stopping and self._failure is None:
+            self._failure = BrokerRefused(
+                f"{classify(reason, self.url)}; the scaler's broker user needs the lease rights of "
+                "virtscale/topology_spec.py (make broker)"
+            )
+        super()._on_channel_closed(channel, reason)
+
+    def _on_connection_closed(self, connection, reason) -> None:
+        self._lose(describe(reason))
+        super()._on_connection_closed(connection, reason)
 
 
 def keep_running(

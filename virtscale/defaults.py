@@ -78,3 +78,27 @@ SIM_SHUTDOWN_DELAY = 3.0
 
 #: Header that carries why a message was dead-lettered.
 REASON_HEADER = "x-virtscale-reason"
+
+# -- The pool's lease, held by the one scaler that acts (scaler/leadership.py; README, "Several
+# scalers on one pool"). Safe because LEASE_VALIDITY + LEASE_ACTION_MARGIN < 2 x LEASE_HEARTBEAT.
+
+#: AMQP heartbeat of the lease's connection, in seconds. RabbitMQ checks every heartbeat for bytes
+#: from the client and closes the connection after two checks without any: a silent leader's lease
+#: is freed more than 2 and at most 3 heartbeats (10-15 s) after the last byte it sent.
+LEASE_HEARTBEAT = 5
+
+#: Seconds after sending a check that the broker confirmed during which the leader may still act:
+#: three checks may go unanswered before it stops.
+LEASE_VALIDITY = 2.0
+
+#: Seconds between the leader's checks of its lease (a passive declare on the lease's connection).
+LEASE_CHECK_INTERVAL = 0.5
+
+#: Seconds an action begun just before the validity ran out is given to finish (a libvirt start or
+#: ACPI shutdown returns in well under a second here).
+LEASE_ACTION_MARGIN = 1.5
+
+#: Seconds between a standby's probes of the lease (a mandatory publish, returned once no scaler
+#: holds it). A takeover adds this and LEASE_VALIDITY + LEASE_ACTION_MARGIN to the moment the
+#: broker frees the lease: 4 s, within one tick at the default interval.
+LEASE_PROBE_INTERVAL = 0.5

@@ -30,6 +30,18 @@ def collector_consumer_tag(host: str, suffix: str) -> str:
     return f"{COLLECTOR_TAG_PREFIX}{host}:{suffix}"
 
 
+#: The queue whose exclusive holder leads a pool's scalers is this prefix, then the job queue and
+#: the pool, each after a "/" (which no job queue's name holds, so no two pairs share a lease);
+#: topology_spec grants the scaler the right to declare names of this form.
+LEASE_PREFIX = "virtscale.scaler.lease"
+
+
+def lease_queue(queue: str, pool: str) -> str:
+    """The queue the scalers of ``pool`` (serving job queue ``queue``) hold in turn: the one that
+    declared it leads."""
+    return f"{LEASE_PREFIX}/{queue}/{pool}"
+
+
 def connection_name(component: str, who: str, queue: str) -> str:
     """The name a connection shows in the management UI: ``virtscale-<component> <who> <queue>``,
     where ``who`` is the host (or, for a worker, its name) and ``queue`` the job queue."""

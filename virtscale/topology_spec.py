@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from virtscale import defaults
-from virtscale.naming import QueueNames
+from virtscale.naming import LEASE_PREFIX, QueueNames
 
 #: A permission regex that matches no resource at all.
 NOTHING = "^$"
@@ -22,6 +22,10 @@ NOTHING = "^$"
 #: Every component publishes to the default exchange (the routing key is the queue name), so
 #: "write" on it is all a publisher needs; it cannot touch any other exchange.
 DEFAULT_EXCHANGE = r"^amq\.default$"
+
+#: Every pool's lease queue (virtscale.naming.lease_queue): a scaler declares the one of its pool,
+#: exclusively, to lead; whatever the pool's name, nothing else matches.
+LEASES = f"^{re.escape(LEASE_PREFIX)}/.+$"
 
 #: Quorum queues: replicated, durable, and they count deliveries (x-delivery-limit needs them).
 QUORUM = {"x-queue-type": "quorum"}
@@ -82,8 +86,10 @@ def users(names: QueueNames) -> tuple[User, ...]:
         User("producer", write=DEFAULT_EXCHANGE),
         User("worker", write=DEFAULT_EXCHANGE, read=exactly(names.jobs)),
         User("collector", write=DEFAULT_EXCHANGE, read=exactly(names.results)),
-        # The scaler only watches: the management API with the monitoring tag, no AMQP rights.
-        User("scaler", tags=("monitoring",)),
+        # The scaler watches through the management API (the monitoring tag). Over AMQP it only
+        # declares its pool's lease queue and probes whether a lease is held, by a mandatory
+        # publish to the default exchange that comes back when the queue is not there.
+        User("scaler", configure=LEASES, write=DEFAULT_EXCHANGE, tags=("monitoring",)),
     )
 
 

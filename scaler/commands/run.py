@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from virtscale.config import OneLineParser, host_or_address, port_number
 from virtscale.console import start_console
+from virtscale.naming import lease_queue
 from virtscale.scaler.commands.checks import check_writable
 from virtscale.scaler.commands.pool import (
     add_pool_options,
@@ -24,6 +25,7 @@ from virtscale.scaler.commands.pool import (
     fleet_from,
     queue_monitor,
 )
+from virtscale.scaler.leadership import Leadership
 from virtscale.scaler.live import LiveView
 from virtscale.scaler.loop import EventsFile, Scaler, TickReport
 from virtscale.scaler.metrics import ScalerMetrics
@@ -34,6 +36,8 @@ from virtscale.scaler.queue_monitor import QueueMonitor
 DESCRIPTION = """\
 Run the control loop: every --interval seconds read the queue (RabbitMQ management API) and the
 pool's domains (libvirt), let the policy decide, start or shut down domains, and report.
+Several scalers may run on one pool: the one holding the pool's lease in RabbitMQ acts, the others
+stand by and take over when it goes (a dry run stands for no lease).
 In a terminal it shows a live view; type 'terminate' or press Ctrl-C to stop (SIGTERM works too)."""
 
 EXAMPLES = """\
@@ -44,6 +48,9 @@ examples:
 """
 
 log = logging.getLogger(__name__)
+
+#: The longest queue name AMQP can carry, in bytes (a short string).
+MAX_QUEUE_NAME_BYTES = 255
 
 #: Where the metrics are served unless --metrics-address says otherwise: this machine only.
 DEFAULT_METRICS_ADDRESS = "127.0.0.1"
@@ -107,14 +114,19 @@ class TickSinks:
 def run(parser: OneLineParser, args: argparse.Namespace) -> int:
     scaler, sinks = prepare(parser, args)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def request_stop(*_signal) -> None:
+        stop.set()
+        scaler.leadership.wake.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     interactive = sys.stdout.isatty() and sys.stdin is not None and sys.stdin.isatty()
     try:
         if interactive and not args.once:
             with LiveView(dry_run=args.dry_run) as view:
                 sinks.view = view
-                start_console(stop.set, CONSOLE_HINT, say=view.note)
+                start_console(request_stop, CONSOLE_HINT, say=view.note)
                 tick_until_stopped(scaler, args, stop, sinks.metrics)
         else:
             tick_until_stopped(scaler, args, stop, sinks.metrics)
@@ -145,8 +157,25 @@ def prepare(parser: OneLineParser, args: argparse.Namespace) -> tuple[Scaler, Ti
         dry_run=args.dry_run,
         on_tick=sinks,
         fleet=fleet,
+        leadership=None if args.dry_run else stand_for_lease(parser, args, monitor),
     )
     return scaler, sinks
+
+
+#: Seconds `run` waits at start to learn whether it leads (a probe, or a claim and its wait),
+#: so that its first tick already acts when no other scaler holds the pool.
+SETTLE_TIMEOUT = 15.0
+
+
+def stand_for_lease(parser: OneLineParser, args: argparse.Namespace, monitor: QueueMonitor) -> Leadership:
+    """Stand for the pool's lease; a broker that refuses it (the user's rights) exits 1 now."""
+    leadership = Leadership(monitor.amqp_url, args.queue, args.pool, holder_lookup=monitor.lease_holder)
+    leadership.start()
+    leadership.wait_settled(SETTLE_TIMEOUT)
+    if leadership.refusal is not None:
+        leadership.stop()
+        parser.exit(1, f"{parser.prog}: error: {' '.join(leadership.refusal.split())}\n")
+    return leadership
 
 
 def check_flags(parser: OneLineParser, args: argparse.Namespace) -> tuple[PolicyConfig, QueueMonitor]:
@@ -154,6 +183,8 @@ def check_flags(parser: OneLineParser, args: argparse.Namespace) -> tuple[Policy
     config = policy_config(parser, args)
     monitor = queue_monitor(parser, args)  # checks the URLs; connects to nothing
     check_writable(parser, "--events", args.events)
+    if len(lease_queue(args.queue, args.pool).encode()) > MAX_QUEUE_NAME_BYTES:
+        parser.error(f"--pool {args.pool!r} is too long: its lease queue's name would pass 255 bytes")
     if args.metrics_address is not None and args.metrics_port is None:
         parser.error("--metrics-address needs --metrics-port")
     return config, monitor
@@ -196,12 +227,20 @@ def tick_until_stopped(
             return
         if args.ticks and ticks >= args.ticks:
             return
-        stop.wait(args.interval)
+        # A standby that comes to lead wakes the loop: it takes over at once, not an interval later.
+        wake = scaler.leadership.wake
+        wake.wait(args.interval)
+        wake.clear()
 
 
 def finish(scaler: Scaler, args: argparse.Namespace, sinks: TickSinks) -> None:
     if args.shutdown_on_exit and not args.dry_run:
-        stopped = scaler.shutdown_pool()
-        log.info("shutting down the pool: %s", ", ".join(stopped) or "nothing running")
+        if scaler.leadership.term() is None:
+            log.info("not shutting down the pool: this scaler does not lead it")
+        else:
+            stopped = scaler.shutdown_pool()
+            log.info("shutting down the pool: %s", ", ".join(stopped) or "nothing running")
+    if isinstance(scaler.leadership, Leadership):
+        scaler.leadership.stop()  # a standby may claim the lease now, not after a heartbeat timeout
     if sinks.events:
         sinks.events.close()

@@ -1,4 +1,4 @@
-"""`virtscale-scaler status`: the pool and the queue, once, as a table or JSON."""
+"""`virtscale-scaler status`: the pool, the queue and who leads, once, as a table or JSON."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import threading
 
 from virtscale import defaults
 from virtscale.config import OneLineParser
+from virtscale.naming import lease_queue
 from virtscale.scaler.commands.pool import add_pool_options, build_scaler
 from virtscale.scaler.live import fmt, host_counts, host_label, yes_no
 from virtscale.scaler.loop import TickReport
 from virtscale.scaler.policy import Policy, PolicyConfig
 
 DESCRIPTION = """\
-Print the pool's domains (state, CPU%, consuming) and the job queue (depth, rates, consumers)
-once, without changing anything. CPU% needs two samples, so this takes about a second.
+Print the pool's domains (state, CPU%, consuming), the job queue (depth, rates, consumers) and
+which scaler leads the pool (holds its lease) once, without changing anything. CPU% needs two
+samples, so this takes about a second.
 A figure the broker or libvirt did not report shows as '?' and marks the reading [degraded];
 if the broker refuses the credentials (or the queue), status exits 1 with one line."""
 
@@ -56,18 +58,25 @@ def show_status(parser: OneLineParser, args: argparse.Namespace) -> int:
     scaler.observe_domains()  # a first CPU sample, so the second can give a figure
     threading.Event().wait(SAMPLE_GAP)
     report = scaler.tick()
+    report.lease_holder = scaler.monitor.lease_holder(lease_queue(args.queue, args.pool))
     print(json.dumps(status_event(report), indent=2) if args.json else status_table(report))
     return 0
 
 
 #: The keys of a tick's event that belong to the decision: status's policy is never asked to act,
-#: so what it would decide is left out rather than shown as if a scaler had decided it.
-DECISION_KEYS = ("desired", "actions", "reason", "signals")
+#: so what it would decide is left out rather than shown as if a scaler had decided it. Nor does
+#: status lead: who does is its "lease_holder".
+DECISION_KEYS = ("desired", "actions", "reason", "signals", "leader")
 
 
 def status_event(report: TickReport) -> dict:
     """The tick's event as JSON output: what was observed, without a decision."""
     return {key: value for key, value in report.event().items() if key not in DECISION_KEYS}
+
+
+def leader_text(holder: str | None) -> str:
+    """Who leads, for display: the lease holder's name, "none", or "?" when not known."""
+    return "?" if holder is None else holder or "none (no scaler holds the lease)"
 
 
 def status_table(report: TickReport) -> str:
@@ -87,5 +96,6 @@ def status_table(report: TickReport) -> str:
         )
     if len(report.hosts) > 1:
         lines.append("hosts: " + host_counts(report))
+    lines.append(f"leader: {leader_text(report.lease_holder)}")
     lines += [f"problem: {problem}" for problem in report.problems + report.failed_actions]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """A loopback TCP proxy that a test can cut: every live connection dropped at once,
-new ones refused for a while, then let through again."""
+new ones refused for a while, then let through again. Or freeze: the connections stay open but
+nothing passes either way, not even their closing, as in a network partition."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class CuttableProxy:
         self._live: list[socket.socket] = []
         self._refusing = threading.Event()
         self._closed = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.connections_made = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -36,9 +39,17 @@ class CuttableProxy:
     def restore(self) -> None:
         self._refusing.clear()
 
+    def freeze(self) -> None:
+        """Hold every byte, and every close, of the live connections until ``thaw``."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
     def close(self) -> None:
         self._closed.set()
         self.cut()
+        self.thaw()
         self._listener.close()
 
     def _accept(self) -> None:
@@ -62,14 +73,15 @@ class CuttableProxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while chunk := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(chunk)
         except OSError:
             pass
         finally:
+            self._flowing.wait()
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)

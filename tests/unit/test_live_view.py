@@ -155,3 +155,18 @@ def test_the_event_says_null_for_what_was_not_read_and_lists_unseen_domains():
     assert domains["vm-2"] == {"state": "running", "cpu": None, "consuming": None, "host": "test:///default"}
     assert domains["vm-4"] == {"state": "unknown", "cpu": None, "consuming": None, "host": None}
     assert report().event()["domains"]["vm-2"]["consuming"] is False, "a list that was read says no"
+
+
+def test_the_view_says_who_leads():
+    leading = report()
+    assert "LEADER" in "\n".join(rendered(render(leading, dry_run=False)))
+    for holder, words in (
+        ("scaler-2:41", "STANDBY: scaler-2:41 leads"),
+        ("", "no scaler leads"),
+        (None, "not known"),
+    ):
+        standby = report()
+        standby.leader, standby.lease_holder = False, holder
+        text = "\n".join(rendered(render(standby, dry_run=False)))
+        assert words in text and "LEADER" not in text
+    assert "LEADER" not in "\n".join(rendered(render(leading, dry_run=True))), "a dry run leads nothing"

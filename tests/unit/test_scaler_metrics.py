@@ -289,3 +289,14 @@ def test_the_alert_rules_query_only_metrics_the_scaler_exports():
     queried = {name for rule in rules for name in METRIC_NAME.findall(rule["expr"])}
     assert {"virtscale_degraded", "virtscale_slo_seconds"} <= queried
     assert queried <= exported_names(), queried - exported_names()
+
+
+def test_the_leader_gauge_says_whether_this_scaler_leads_and_a_standby_counts_no_failure():
+    signals = {"ready": 1, "booting": 0, "failed_vms": ["vm-2"]}
+    leading = report(signals=signals)
+    assert value(recorded(leading), "virtscale_leader") == 1
+    standby = report(actions=(), signals=signals)
+    standby.leader = False
+    found = recorded(standby)
+    assert value(found, "virtscale_leader") == 0
+    assert value(found, "virtscale_failed_vms_total") == 0, "the leader counts it, not each standby"

@@ -38,3 +38,12 @@ def test_status_output_holds_no_decision():
     event = status_event(report())
     assert not {"desired", "actions", "reason", "signals"} & event.keys()
     assert event["domains"]["vm-3"]["state"] == "unknown"
+
+
+def test_status_names_the_leader_and_leads_nothing_itself():
+    tick = report()
+    for holder, shown in (("scaler-1:7", "leader: scaler-1:7"), ("", "leader: none"), (None, "leader: ?")):
+        tick.lease_holder = holder
+        assert any(line.startswith(shown) for line in status_table(tick).splitlines())
+    event = status_event(tick)
+    assert "leader" not in event and "lease_holder" in event

@@ -47,7 +47,7 @@ def test_the_delivery_limit_defaults_to_the_project_default():
     assert jobs.arguments["x-delivery-limit"] == defaults.DELIVERY_LIMIT
 
 
-def test_each_user_has_exactly_the_rights_it_had_before_the_topology_moved():
+def test_each_user_has_exactly_its_rights():
     rights = {
         user.name: (user.configure, user.write, user.read, user.tags) for user in topology_spec.users(NAMES)
     }
@@ -55,8 +55,26 @@ def test_each_user_has_exactly_the_rights_it_had_before_the_topology_moved():
         "producer": ("^$", r"^amq\.default$", "^$", ()),
         "worker": ("^$", r"^amq\.default$", "^licenses$", ()),
         "collector": ("^$", r"^amq\.default$", r"^licenses\.hashed$", ()),
-        "scaler": ("^$", "^$", "^$", ("monitoring",)),
+        "scaler": (r"^virtscale\.scaler\.lease/.+$", r"^amq\.default$", "^$", ("monitoring",)),
     }
+
+
+@pytest.mark.parametrize(
+    ("resource", "allowed"),
+    [
+        ("virtscale.scaler.lease/licenses/vm", True),
+        ("virtscale.scaler.lease/licenses/vm-*", True),
+        ("virtscale.scaler.lease/", False),
+        ("virtscale.scaler.lease", False),
+        ("virtscaleXscalerXlease/licenses/vm", False),
+        ("licenses", False),
+        ("licenses.hashed", False),
+    ],
+)
+def test_the_scaler_may_declare_lease_queues_and_nothing_else(resource, allowed):
+    configure = by_name(topology_spec.users(NAMES))["scaler"].configure
+    assert bool(re.search(configure, resource)) is allowed
+    assert not re.search(by_name(topology_spec.users(NAMES))["scaler"].read, resource)
 
 
 @pytest.mark.parametrize(
@@ -244,7 +262,7 @@ def test_broker_accounts_grants_each_user_its_rights_from_the_topology(tmp_path,
         "producer": {"configure": "^$", "write": r"^amq\.default$", "read": "^$"},
         "worker": {"configure": "^$", "write": r"^amq\.default$", "read": "^licenses$"},
         "collector": {"configure": "^$", "write": r"^amq\.default$", "read": r"^licenses\.hashed$"},
-        "scaler": {"configure": "^$", "write": "^$", "read": "^$"},
+        "scaler": {"configure": r"^virtscale\.scaler\.lease/.+$", "write": r"^amq\.default$", "read": "^$"},
     }
     users = {url.rsplit("/", 1)[1]: body for url, body in http.puts if "/users/" in url}
     assert {name: body["tags"] for name, body in users.items()} == {
