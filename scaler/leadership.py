@@ -190,8 +190,8 @@ class Leadership:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop acting at once, then release the lease (the broker deletes the queue)."""
         with self._lock:
+            self._stopping.set()  # a check confirmed from now on starts no new term
             self._holding = False
-        self._stopping.set()
         session = self._session
         if session is not None:
             session.threadsafe(session.stop)
@@ -237,6 +237,8 @@ class Leadership:
 
     def _confirmed(self, sent_at: float) -> None:
         with self._lock:
+            if self._stopping.is_set():
+                return
             self._refusal = None
             self._confirmed_at = max(self._confirmed_at, sent_at)
             if self._holding:

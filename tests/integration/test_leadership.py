@@ -47,6 +47,10 @@ class Timeline:
     def led(self, name: str) -> list[float]:
         return [when for when, leading in self.samples if name in leading]
 
+    def wait_for(self, name: str) -> None:
+        """Until a sample shows ``name`` leading (a busy machine may run the sampler late)."""
+        wait_until(lambda: self.led(name), 20, f"a sample of {name} leading")
+
     def overlaps(self) -> list[float]:
         return [when for when, leading in self.samples if len(leading) > 1]
 
@@ -94,11 +98,12 @@ def test_of_two_scalers_on_one_pool_exactly_one_leads_and_the_other_takes_over_w
     second = leases("second")
     assert second.wait_settled(10)
     timeline = Timeline(first=first, second=second)
-    time.sleep(0.5)
+    timeline.wait_for("first")
     assert second.term() is None, "a standby while the first holds the lease"
     stopped_at = time.monotonic()
     first.stop()
     wait_until(lambda: second.term() is not None, 20, "the standby leading")
+    timeline.wait_for("second")
     timeline.stop()
     assert timeline.overlaps() == []
     assert max(timeline.led("first")) <= stopped_at
@@ -129,6 +134,7 @@ def test_a_leader_whose_connection_is_cut_stops_at_once_and_a_standby_takes_over
     cut_at = time.monotonic()
     proxy.cut()
     wait_until(lambda: second.term() is not None, 20, "the standby leading")
+    timeline.wait_for("second")
     proxy.restore()
     wait_until(lambda: first._was_standby, 20, "the old leader back, as a standby")
     timeline.stop()
@@ -154,6 +160,7 @@ def test_a_leader_cut_off_silently_stops_before_the_broker_frees_its_lease(lease
     )
     timeline = Timeline(first=first, second=second)
     watcher.start()
+    timeline.wait_for("first")
     frozen_at = time.monotonic()
     proxy.freeze()
     wait_until(lambda: second.term() is not None, 60, "the standby leading")

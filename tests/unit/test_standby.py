@@ -86,3 +86,11 @@ def test_the_default_lease_clocks_are_safe_and_take_over_within_a_tick():
     timing = LeaseTiming()
     assert timing.problems() == []
     assert timing.takeover_wait + timing.probe_interval < defaults.SCALER_INTERVAL
+
+
+def test_a_check_confirmed_after_stop_starts_no_new_term():
+    """stop() clears the lease at once; a reply to a check already sent must not bring it back."""
+    lease = Leadership("amqp://127.0.0.1/%2F", "jobs", "vm")
+    lease.stop()
+    lease._confirmed(lease.clock())
+    assert lease.term() is None and not lease._holding

@@ -12,7 +12,6 @@ import time
 import uuid
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from tests.conftest import TEST_CONNECTION, port_open, require, wait_until
@@ -23,8 +22,6 @@ from virtscale.naming import QueueNames
 
 pytestmark = [pytest.mark.vm, pytest.mark.broker, pytest.mark.timeout(900)]
 
-#: The namespace of the pool tag (DESIGN.md, "Scaler").
-POOL_NAMESPACE = "http://virtscale.org/xmlns/pool/1"
 INTERVAL = defaults.SCALER_INTERVAL
 
 
@@ -39,23 +36,19 @@ def two_guests(broker_url, tmp_path):
     declare_topology(broker_url, names, defaults.DELIVERY_LIMIT, TEST_CONNECTION)
     password = tmp_path / "password"
     password.write_text("guest")  # the guests reach the broker via the host's loopback
+    template = tmp_path / f"{pool}.json"
+    subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "deploy/template.py"), "--pool", pool, "--out", str(template)),
+            *("--queue", names.jobs, "--cost", "6", "--user", "guest", "--password-file", str(password)),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     vms = [sys.executable, str(ROOT / "deploy/vms.py")]
-    define = ["define", "--count", "2", "--prefix", f"{pool}-", "--pool", f"{pool}-*", "--queue", names.jobs]
-    define += ["--cost", "6", "--user", "guest", "--password-file", str(password), "--fresh-disks"]
-    subprocess.run([*vms, *define], check=True, cwd=ROOT)
-    connection = libvirt.open(URI)
-    domains = [f"{pool}-1", f"{pool}-2"]
-    for name in domains:  # the pool's tag, as DESIGN.md has pools told apart
-        connection.lookupByName(name).setMetadata(
-            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-            f'<pool name="{pool}"/>',
-            "virtscale",
-            POOL_NAMESPACE,
-            libvirt.VIR_DOMAIN_AFFECT_CONFIG,
-        )
-    connection.close()
-    yield pool, names, domains
-    subprocess.run([*vms, "undefine", "--prefix", f"{pool}-"], check=False, cwd=ROOT)
+    subprocess.run([*vms, "define", "--count", "2", "--template", str(template)], check=True, cwd=ROOT)
+    yield pool, names, [f"{pool}-1", f"{pool}-2"]
+    subprocess.run([*vms, "undefine", "--pool", pool], check=False, cwd=ROOT)
     delete_topology(broker_url, names, TEST_CONNECTION)
 
 
@@ -79,7 +72,7 @@ def test_the_standby_takes_over_from_a_killed_leader_and_starts_nothing_twice(
     broker_url, processes, tmp_path, two_guests
 ):
     pool, names, domains = two_guests
-    flags = ["--connect", URI, "--pool", f"{pool}-*", "--amqp-url", broker_url, "--queue", names.jobs]
+    flags = ["--connect", URI, "--pool", pool, "--amqp-url", broker_url, "--queue", names.jobs]
     flags += ["--min", "2", "--max", "2", "--interval", str(INTERVAL)]
     first_events, second_events = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     first = processes.start("virtscale.scaler", "run", *flags, "--events", str(first_events), name="first")
