@@ -77,6 +77,7 @@ CASES = [
         "--metrics-port {busy_port} on 127.0.0.1: address already in use",
     ),
     (SCALER, ["run", *TEST_DRIVER, "--min", "5", "--max", "2"], {}, "--min 5 is more than --max 2"),
+    (SCALER, ["run", *TEST_DRIVER, "--queue", "q" * 200, "--pool", "p" * 48], {}, "its lease queue's name"),
     (SCALER, ["run", *TEST_DRIVER, "--cpu-low", "90", "--cpu-high", "80"], {}, "--cpu-low"),
     (SCALER, ["run", *TEST_DRIVER, "--cpu-high", "150"], {}, "--cpu-high"),
     (SCALER, ["run", *TEST_DRIVER, "--interval", "0"], {}, "--interval"),
