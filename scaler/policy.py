@@ -356,7 +356,7 @@ class Policy:
         now = obs.now
         for name in list(self.draining):
             vm = vms.get(name)
-            if vm is not None and vm.state == UNKNOWN:
+            if vm is not None and vm.state in (UNKNOWN, LOST):
                 continue  # not seen this tick: neither drained nor to be destroyed blind
             if vm is None or vm.state == "shutoff":
                 del self.draining[name]
@@ -385,6 +385,11 @@ class Policy:
             vm = vms.get(name)
             if vm is not None and vm.state == UNKNOWN:
                 continue  # not seen this tick: its absence says nothing, and no clock runs out
+            if vm is not None and vm.state == LOST:
+                # Its host was given up: no coming capacity, and nothing to destroy. If the host
+                # returns, a VM running without a consumer gets a fresh boot time then.
+                del self.booting[name]
+                continue
             if vm is None or vm.state in ("shutoff", "crashed"):
                 del self.booting[name]
                 if vm is None or vm.state == "shutoff":
