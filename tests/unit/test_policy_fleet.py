@@ -260,6 +260,53 @@ def test_when_a_lost_host_returns_its_vms_count_again_and_the_surplus_drains():
 # -- refresh: VMs on an old image replaced one at a time ----------------------------------------
 
 
+def test_a_refresh_replaces_stale_vms_one_at_a_time_never_below_the_count():
+    policy = Policy(CONFIG)
+    pool = {"vm-1": ready("vm-1", stale=True), "vm-2": ready("vm-2", stale=True, on_demand=True)}
+    log = []
+    for now in range(0, 600, 10):
+        decision = policy.decide(observe(now, list(pool.values()), depth=100))  # wants 2
+        up = [vm for vm in pool.values() if vm.consuming and vm.name not in policy.draining]
+        assert len(up) >= 2, f"below the count at {now}: {decision.reason}"
+        for domain, action in actions(decision):
+            log.append((now, domain, action))
+            if action == CREATE:
+                pool[domain] = booting(domain, on_demand=True)
+            elif action == SHUTDOWN:
+                pool[domain] = off(domain, on_demand=pool[domain].on_demand, stale=True)
+            elif action == DELETE:
+                del pool[domain]
+        # A VM created in an earlier tick has booted by now.
+        for name, vm in pool.items():
+            if vm.state == "running" and not vm.consuming and all(t < now for t, d, _a in log if d == name):
+                pool[name] = ready(name, on_demand=True)
+        if not any(vm.stale and vm.state == "running" for vm in pool.values()):
+            break
+    steps = [(domain, action) for _now, domain, action in log]
+    assert steps == [
+        ("vm-3", CREATE),
+        ("vm-2", SHUTDOWN),
+        ("vm-2", DELETE),
+        ("vm-2", CREATE),
+        ("vm-1", SHUTDOWN),
+    ]
+    running = sorted(name for name, vm in pool.items() if vm.state == "running")
+    assert running == ["vm-2", "vm-3"] and not any(pool[name].stale for name in running)
+    assert pool["vm-1"].state == "shutoff", "the defined one is kept, shut off"
+
+
+def test_the_stale_vm_drains_only_after_the_new_one_consumes():
+    policy = Policy(CONFIG)
+    stale = [ready("vm-1", stale=True), ready("vm-2", stale=True)]
+    assert actions(policy.decide(observe(0, stale, depth=100))) == [("vm-3", CREATE)]
+    for now in range(10, 60, 10):
+        decision = policy.decide(observe(now, [*stale, booting("vm-3", on_demand=True)], depth=100))
+        assert actions(decision) == [], decision.reason
+        assert decision.desired == 2 and decision.signals["booting"] == 1
+    decision = policy.decide(observe(60, [*stale, ready("vm-3", on_demand=True)], depth=100))
+    assert actions(decision) == [("vm-2", SHUTDOWN)]
+
+
 def test_a_refresh_surge_that_fails_is_replaced_and_no_stale_vm_drains_meanwhile():
     policy = Policy(CONFIG)
     stale = [ready("vm-1", stale=True), ready("vm-2", stale=True)]
