@@ -251,9 +251,10 @@ class Policy:
         ready = [vm for vm in obs.vms if self._is_ready(vm, obs.consumers_known)]
         self._track_ready(obs.now, ready)
         booting = [name for name in self.booting if name in vms and self._coming(vms[name], obs.now)]
-        if self.refresh_surge not in booting:
-            self.refresh_surge = None
-        # A refresh's extra VM is not counted until it consumes: it replaces, it does not add.
+        if self.refresh_surge not in booting and all(vm.name != self.refresh_surge for vm in ready):
+            self.refresh_surge = None  # it failed or went: the refresh starts over
+        # A refresh's extra VM is not counted until a stale one has drained in its place: it
+        # replaces, it does not add (a recommendation relative to the count would keep it on).
         current = len(ready) + len(booting) - (self.refresh_surge is not None)
         self._learn(obs, ready)
         self._smooth_arrivals(obs)
@@ -395,9 +396,9 @@ class Policy:
         now = obs.now
         for name in list(self.draining):
             vm = vms.get(name)
-            if vm is not None and vm.state == UNKNOWN:
+            if vm is not None and vm.state in (UNKNOWN, LOST):
                 continue  # not seen this tick: neither drained nor to be destroyed blind
-            if vm is None or vm.state in ("shutoff", LOST):
+            if vm is None or vm.state == "shutoff":
                 del self.draining[name]
             elif now - self.draining[name] >= self.config.drain_timeout:
                 actions.append(Action(name, DESTROY))
@@ -425,7 +426,9 @@ class Policy:
             if vm is not None and vm.state == UNKNOWN:
                 continue  # not seen this tick: its absence says nothing, and no clock runs out
             if vm is not None and vm.state == LOST:
-                del self.booting[name]  # its host is given up: not capacity, and nothing to act on
+                # Its host was given up: no coming capacity, and nothing to destroy. If the host
+                # returns, a VM running without a consumer gets a fresh boot time then.
+                del self.booting[name]
                 continue
             if vm is None or vm.state in ("shutoff", "crashed"):
                 del self.booting[name]
@@ -579,6 +582,13 @@ class Policy:
         domain first (one over the count, like an instance refresh's surge), and only once it
         consumes does a stale one drain (_scale_down prefers the stale)."""
         stale = [vm.name for vm in ready if vm.stale]
+        if self.refresh_surge is not None and self.refresh_surge not in booting:
+            # The new VM consumes: now a stale one drains in its place.
+            if not stale:
+                self.refresh_surge = None
+                return []
+            notes.append(f"refresh: {self.refresh_surge} consumes")
+            return self._scale_down(obs, ready, booting, notes)
         if not stale or booting or self.draining:
             return []
         names = self._creatable(obs, {vm.name: vm for vm in obs.vms}, 1)
@@ -607,6 +617,8 @@ class Policy:
             by_name = sorted(ready, key=lambda vm: natural_key(vm.name), reverse=True)
             victim = min(by_name, key=_idleness_rank).name
         self.draining[victim] = obs.now
+        # Whichever VM drains, a refresh's new one now counts: it has replaced it.
+        self.refresh_surge = None
         notes.append(f"shutdown {victim}")
         return [Action(victim, SHUTDOWN)]
 
