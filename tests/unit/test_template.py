@@ -174,9 +174,7 @@ def test_the_domain_xml_carries_the_pool_tag_in_its_metadata(tmp_path):
     xml = domain(tmp_path)
     tag = xml.find("metadata/virtscale:pool", NS)
     assert tag is not None
-    assert ownership.parse(ElementTree.tostring(tag, encoding="unicode")) == ownership.PoolTag(
-        "vm", ownership.FROM_TEMPLATE, "0123456789abcdef"
-    )
+    assert ownership.parse(ElementTree.tostring(tag, encoding="unicode")) == made(tmp_path).tag("a password")
 
 
 def test_the_domain_xml_has_the_templates_sizes_and_boots_the_images_kernel(tmp_path):
