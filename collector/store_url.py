@@ -6,11 +6,12 @@ from virtscale.collector.postgres_store import PostgresStore
 from virtscale.collector.sqlite_store import SQLiteStore
 from virtscale.collector.store import Store, StoreError
 
-POSTGRES_SCHEMES = ("postgresql", "postgres")
+#: The URL prefixes libpq reads (lowercase only, as libpq has them).
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 
 def is_postgres(url: str) -> bool:
-    return url.partition(":")[0].lower() in POSTGRES_SCHEMES
+    return url.startswith(POSTGRES_PREFIXES)
 
 
 def open_store(url: str, *, create: bool = True, password: str | None = None, name: str = "") -> Store:
