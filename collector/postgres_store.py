@@ -230,9 +230,7 @@ class PostgresStore(Store):
                 duplicates = len(results) - stored
                 if duplicates:
                     connection.execute(COUNT_DUPLICATES, (duplicates,))
-        except psycopg.Error as exc:
-            if connection.broken or connection.closed:
-                self.close()  # the next attempt connects anew
+        except psycopg.Error as exc:  # a lost connection is closed now: the next attempt connects anew
             raise StoreFailed(
                 f"store {self.description}: writing {len(results)} result(s) failed: {one_line(exc)}"
             ) from exc
