@@ -10,7 +10,7 @@ SECRETS := var/secrets
 # Each component connects as its own least-privilege user; the password comes from a file.
 as = --amqp-url amqp://$(1)@$(BROKER_HOST)/%2F --password-file $(SECRETS)/$(1) --queue $(QUEUE)
 
-.PHONY: setup broker image template vms unvms tag host-b producer worker collector stats scaler status demo test test-unit cloud-init \
+.PHONY: setup broker postgres image template vms unvms tag host-b producer worker collector stats scaler status demo test test-unit cloud-init \
 	bench bench-policy lint clean chaos
 N ?= 3
 COST ?= 12
@@ -31,6 +31,11 @@ setup:
 broker: setup
 	@$(BIN)/python deploy/broker_accounts.py --queue $(QUEUE) --secrets-dir $(SECRETS)
 	@$(BIN)/virtscale-broker declare --queue $(QUEUE)
+
+# make postgres: PostgreSQL running, the collector's role and database made when missing, the
+# password in var/secrets/postgres; prints the --store URL (deploy/postgres.sh).
+postgres: setup
+	@deploy/postgres.sh
 
 image: setup
 	@deploy/image/build.sh
@@ -95,13 +100,13 @@ DURATION ?= 600
 chaos: setup image
 	@$(BIN)/python deploy/chaos/run.py --duration $(DURATION) --domain-type $(DOMAIN_TYPE) $(ARGS)
 
-test: broker
+test: broker postgres
 	$(BIN)/python -m pytest $(ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
-bench: broker
+bench: broker postgres
 	$(BIN)/python -m bench $(ARGS)
 
 bench-policy: setup

@@ -1,15 +1,16 @@
-"""make bench: the worker, producer and scaler benchmarks, printed as tables (figures, not
-assertions). make bench-policy runs the policy lab (`python -m bench policy`)."""
+"""make bench: the worker, producer, scaler and collector benchmarks, printed as tables (figures,
+not assertions). make bench-policy runs the policy lab (`python -m bench policy`)."""
 
 import argparse
 import sys
 
-from bench import fleet, pipeline, policy, scaler_tick, warm
+from bench import collector, fleet, pipeline, policy, scaler_tick, warm
 
 BENCHMARKS = {
     "worker": pipeline.worker_efficiency,
     "producer": pipeline.producer_efficiency,
     "scaler": scaler_tick.tick_cost,
+    "collector": collector.collector_rows,
     "policy": policy.run,
     "fleet": fleet.run,
     "warm": warm.run,
@@ -21,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "which",
         nargs="*",
-        default=["worker", "producer", "scaler"],
-        help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: worker producer scaler)",
+        default=["worker", "producer", "scaler", "collector"],
+        help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: worker producer scaler collector)",
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.which if name not in BENCHMARKS]

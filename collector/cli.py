@@ -1,9 +1,11 @@
-"""virtscale-collector: store result hashes in SQLite; `stats` reports on the store."""
+"""virtscale-collector: store result hashes in SQLite or PostgreSQL; `stats` reports on the store."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import signal
 import socket
 import sys
@@ -12,7 +14,8 @@ from virtscale import defaults
 from virtscale.broker import BrokerRefused, BrokerUnavailable, queue_counts
 from virtscale.cli_support import resolve_and_check_amqp_url
 from virtscale.collector.consumer import Collector
-from virtscale.collector.store import Store, StoreError, StoreFailed, StoreMissing
+from virtscale.collector.store import Store, StoreError, StoreFailed, StoreMissing, StoreRefused
+from virtscale.collector.store_url import open_store
 from virtscale.config import (
     OneLineParser,
     add_common_options,
@@ -23,6 +26,8 @@ from virtscale.config import (
 )
 from virtscale.naming import connection_name
 
+log = logging.getLogger(__name__)
+
 #: AMQP's prefetch count is a 16-bit number and the collector asks for two batches.
 MAX_BATCH = 65535 // 2
 
@@ -30,7 +35,7 @@ EXAMPLES = """\
 examples:
   virtscale-collector run --store sqlite:////var/lib/virtscale/hashes.db
   virtscale-collector run --queue licenses --batch 1000 --flush-interval 0.5
-  virtscale-collector stats --store sqlite:////var/lib/virtscale/hashes.db
+  virtscale-collector run --store postgresql://virtscale@db1/virtscale --store-password-file /etc/virtscale/pg
 """
 
 
@@ -60,7 +65,15 @@ def build_parser() -> OneLineParser:
         "--store",
         metavar="URL",
         default=defaults.STORE_URL,
-        help="SQLite file: sqlite:///relative/path.db or sqlite:////absolute/path.db (default: %(default)s)",
+        help="SQLite file: sqlite:///relative/path.db or sqlite:////absolute/path.db; or PostgreSQL: "
+        "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, libpq's URL (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--store-password-file",
+        metavar="FILE",
+        default=os.environ.get("VIRTSCALE_STORE_PASSWORD_FILE"),
+        help="file holding the PostgreSQL password, which replaces the one in the URL (env "
+        "VIRTSCALE_STORE_PASSWORD_FILE; without either, libpq's PGPASSWORD or ~/.pgpass)",
     )
     parser.add_argument(
         "--batch",
@@ -91,18 +104,58 @@ def print_stats(store: Store, url: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    url = resolve_and_check_amqp_url(parser, args)
+def store_password(parser: argparse.ArgumentParser, path: str | None) -> str | None:
+    """The password in --store-password-file, None without one."""
+    if path is None:
+        return None
+    source = "(the flag or VIRTSCALE_STORE_PASSWORD_FILE)"
     try:
-        store = Store(args.store, create=args.command == "run")
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        parser.error(f"--store-password-file {path!r} cannot be read: {exc.strerror or exc} {source}")
+    except UnicodeDecodeError:
+        parser.error(f"--store-password-file {path!r} cannot be read: not UTF-8 text {source}")
+
+
+def open_checked_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Store | int:
+    """The store, reached and checked; or the exit status of a store that will not work as
+    given (2: a bad URL or a store of something else; 1: missing or refused). A PostgreSQL
+    server that cannot be reached now stops `stats` but not `run`, which retries its writes."""
+    password = store_password(parser, args.store_password_file)
+    name = connection_name("collector", socket.gethostname(), queue_names(args).jobs)
+    try:
+        store = open_store(args.store, create=args.command == "run", password=password, name=name)
     except StoreMissing as exc:
         print(f"virtscale-collector: {exc}", file=sys.stderr)
         return 1
     except StoreError as exc:
         parser.error(str(exc))
+    try:
+        store.check()
+    except (StoreMissing, StoreRefused) as exc:
+        store.close()
+        print(f"virtscale-collector: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        store.close()
+        parser.error(str(exc))
+    except StoreFailed as exc:
+        if args.command == "stats":
+            print(f"virtscale-collector: {exc}", file=sys.stderr)
+            return 1
+        log.warning("%s; collecting anyway: the writes retry until it can be reached", exc)
+    return store
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    url = resolve_and_check_amqp_url(parser, args)
     configure_logging(args.log_level, args.log_format)
+    store = open_checked_store(parser, args)
+    if isinstance(store, int):
+        return store
     if args.command == "stats":
         try:
             return print_stats(store, url, args)
@@ -117,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: collector.request_stop())
     try:
         collector.run()
-    except (BrokerRefused, StoreFailed) as exc:
+    except BrokerRefused as exc:
         print(f"virtscale-collector: {exc}", file=sys.stderr)
         return 1
     finally:

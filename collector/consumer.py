@@ -1,11 +1,17 @@
 """The collector: consume results, store them in batches, ack only after the commit.
 
-pika's I/O loop thread does all AMQP work and no SQLite: it hands each batch to one
-writer thread, which alone uses the store and may wait on a locked database for as long
-as SQLite's busy timeout without stalling the heartbeats. The writer hands back, through
-the loop, the deliveries to ack once their batch is committed. A batch committed after
-its session was lost is not acked on the next one: the broker redelivers it and the
-store ignores the copies (same id).
+pika's I/O loop thread does all AMQP work and no store I/O: it hands each batch to one
+writer thread, which alone uses the store (SQLite or PostgreSQL, behind one interface) and
+may wait on a lock for as long as the store's timeout without stalling the heartbeats. The
+writer hands back, through the loop, the deliveries to ack once their batch is committed. A
+batch committed after its session was lost is not acked on the next one: the broker
+redelivers it and the store ignores the copies (same id).
+
+A store that cannot write (locked too long, disk full, read-only, server gone) does not stop
+the collector: the writer retries the batch with the project's backoff while its results stay
+unacked (so the broker soon sends no more), says once per interval what is wrong, and carries
+on when a commit succeeds. It gives a batch up only on a stop request (the batch is requeued)
+or once the batch's session is gone (the broker has taken the batch back already).
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pika
+import tenacity
 
 from virtscale import defaults
+from virtscale.backoff import reconnect_wait
 from virtscale.broker import Session
+from virtscale.collector.outage import StoreOutage
 from virtscale.collector.store import Store, StoreFailed
 from virtscale.consuming import ConsumerService
 from virtscale.messages import InvalidMessage, Result, parse_result
@@ -49,22 +58,24 @@ class Collector(ConsumerService):
         self.stored = 0
         self.duplicates = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="store")
-        self._failure: StoreFailed | None = None
+        self.outage = StoreOutage()
+        self._fault: BaseException | None = None
         self._batch: list[tuple[int, Result]] = []
         self._flush_timer: object | None = None
 
     # -- outline -----------------------------------------------------------------------
 
     def run(self) -> None:
-        """Collect until asked to stop. Raises BrokerRefused on a configuration error and
-        StoreFailed when a batch cannot be written (nothing of it acked)."""
+        """Collect until asked to stop. Raises BrokerRefused on a configuration error, and the
+        exception of a write that failed other than by StoreFailed; a store that cannot write is
+        waited for, never a reason to exit."""
         try:
             self._keep_running("collector")
         finally:
             self._writer.shutdown(wait=True, cancel_futures=True)
         log.info("collector stopped: %d stored, %d duplicates ignored", self.stored, self.duplicates)
-        if self._failure is not None:
-            raise self._failure
+        if self._fault is not None:
+            raise self._fault
 
     # -- session -----------------------------------------------------------------------
 
@@ -124,29 +135,44 @@ class Collector(ConsumerService):
             return
         batch, self._batch = self._batch, []
         self._unsettled += 1
-        future = self._writer.submit(self._commit, [result for _tag, result in batch])
+        future = self._writer.submit(self._commit, session, [result for _tag, result in batch])
         tags = [tag for tag, _result in batch]
         future.add_done_callback(
             lambda done: session.threadsafe(lambda: self._after_commit(session, tags, done))
         )
 
-    def _commit(self, results: list[Result]) -> None:
-        """On the writer thread: one transaction for the batch."""
-        stored, duplicates = self.store.insert(results, time.time())
+    def _commit(self, session: Session, results: list[Result]) -> None:
+        """On the writer thread: one transaction for the batch, retried with backoff while the
+        store cannot write, until a stop is requested or the batch's session is gone."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(StoreFailed),
+            wait=reconnect_wait(),
+            stop=lambda _state: self.stop_requested.is_set() or not session.usable,
+            sleep=self.stop_requested.wait,
+            before_sleep=lambda state: self.outage.failed(
+                state.outcome.exception(), len(results), state.next_action.sleep
+            ),
+            reraise=True,
+        )
+        stored, duplicates = retrying(lambda: self.store.insert(results, time.time()))
+        self.outage.succeeded()
         self.stored += stored
         self.duplicates += duplicates
         log.debug("stored %d, ignored %d duplicate(s)", stored, duplicates)
 
     def _after_commit(self, session: Session, tags: Sequence[int], done: Future) -> None:
         failure = done.exception()
-        if failure is not None:
-            # Nothing of the batch was stored or acked; stop rather than spin on a broken store.
-            log.error("%s; stopping, the results stay in %s", failure, self.names.results)
-            self._failure = failure
+        if failure is not None and not isinstance(failure, StoreFailed):
+            # Not the store's state but a fault of ours: stop rather than spin on it.
+            log.error("writing a batch failed: %r; stopping, nothing of it acked", failure)
+            self._fault = failure
             self.stop_requested.set()
             session.stop()
             return
-        self._settle(session, tags, ok=True)
+        if failure is not None and self._still_current(session):
+            # Given up on a stop request: nothing of the batch was stored; requeue it.
+            log.warning("%s; stopping: %d result(s) go back to %s", failure, len(tags), self.names.results)
+        self._settle(session, tags, ok=failure is None)
 
     def _settle(self, session: Session, tags: Sequence[int], ok: bool) -> None:
         """The one end of every delivery: ack once it is stored or dead-lettered, else requeue.

@@ -16,6 +16,7 @@ from pathlib import Path
 import pika
 import pytest
 
+from tests.support import postgres as test_postgres
 from virtscale.broker import declare_topology, delete_topology
 from virtscale.naming import QueueNames
 from virtscale.producer.licenses import LicenseGenerator
@@ -194,3 +195,13 @@ def management(broker_url: str) -> str:
     """The real broker's management API, or a skip (a failure under CI) where it is not up."""
     require(port_open("127.0.0.1", 15672), "RabbitMQ management API on 127.0.0.1:15672")
     return MANAGEMENT_URL
+
+
+@pytest.fixture
+def postgres() -> Iterator[test_postgres.Schema]:
+    """A schema of its own in the PostgreSQL of `make postgres`, dropped afterwards; a skip (a
+    failure under CI) where that server is not reachable."""
+    require(test_postgres.reachable(), f"PostgreSQL at {test_postgres.URL}")
+    schema = test_postgres.Schema()
+    yield schema
+    schema.drop()

@@ -51,6 +51,16 @@ COLLECTOR_BATCH = 500
 #: Seconds a partial batch waits before the collector commits it anyway.
 COLLECTOR_FLUSH_INTERVAL = 0.2
 
+#: Seconds between two log lines about a store that still cannot write: the first failure is
+#: reported at once, then one line per interval says what is still wrong (retries in between
+#: are silent; they back off up to RECONNECT_MAX, so one interval sees at least one retry).
+STORE_OUTAGE_REPORT_INTERVAL = 30.0
+
+#: The PostgreSQL store `make postgres` creates on this machine, and the file holding its
+#: password: what `make test` and `make bench` use unless told otherwise.
+DEV_POSTGRES_URL = "postgresql://virtscale@127.0.0.1:5432/virtscale"
+DEV_POSTGRES_PASSWORD_FILE = "var/secrets/postgres"
+
 #: Seconds between progress lines on long runs.
 PROGRESS_INTERVAL = 5.0
 

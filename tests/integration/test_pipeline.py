@@ -35,9 +35,9 @@ from tests.conftest import (
 from tests.support.proxy import CuttableProxy
 from virtscale import defaults
 from virtscale.broker import queue_counts
-from virtscale.collector import store as store_module
+from virtscale.collector import sqlite_store as store_module
 from virtscale.collector.consumer import Collector
-from virtscale.collector.store import Store, StoreFailed
+from virtscale.collector.sqlite_store import SQLiteStore
 from virtscale.messages import Result
 from virtscale.naming import connection_name, worker_from_consumer_tag
 from virtscale.producer.licenses import LicenseGenerator
@@ -98,7 +98,7 @@ def test_end_to_end_with_several_workers(broker_url, names, processes, tmp_path)
     assert producer.wait(120) == 0, processes.output(producer)
     assert "confirmed 600 of 600" in processes.output(producer)
     wait_until(lambda: stored_count(db) == 600, 180, "600 hashes stored")
-    stats = Store(f"sqlite:///{db}").stats()
+    stats = SQLiteStore(f"sqlite:///{db}").stats()
     assert stats["stored"] == 600
     assert set(stats["per_worker"]) == {"w0", "w1", "w2"}, "every worker took part"
     for process in [*workers, collector]:
@@ -345,7 +345,7 @@ def write_lock():
         lock.release()
 
 
-class ProbedStore(Store):
+class ProbedStore(SQLiteStore):
     """A store that tells how many writes have begun (the last may be waiting on a lock)."""
 
     def __init__(self, url: str):
@@ -449,21 +449,6 @@ def test_a_batch_committed_after_its_session_was_lost_is_not_acked_on_the_next(
     lost = [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()]
     assert len(lost) == 1, "one reconnect (the cut): no ack of an old tag broke the new channel"
     assert not [r for r in caplog.records if "PRECONDITION_FAILED" in r.getMessage()]
-
-
-def test_a_failed_commit_stops_the_collector_with_nothing_acked(
-    broker_url, names, tmp_path, write_lock, monkeypatch
-):
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.2)
-    path = tmp_path / "hashes.db"
-    store = Store(f"sqlite:///{path}")
-    write_lock(path)
-    publish_raw(broker_url, names.results, [result_body() for _ in range(5)])
-    collector = CollectorThread(broker_url, names, store)
-    collector.join()
-    store.close()
-    assert isinstance(collector.failure, StoreFailed), collector.failure
-    assert queue_depth(broker_url, names.results) == 5, "all five back in the queue"
 
 
 # -- names in the management UI ------------------------------------------------------------

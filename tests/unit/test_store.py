@@ -3,8 +3,9 @@ import uuid
 
 import pytest
 
-from virtscale.collector import store as store_module
-from virtscale.collector.store import Store, StoreError, StoreFailed, StoreMissing, sqlite_path
+from virtscale.collector import sqlite_store as store_module
+from virtscale.collector.sqlite_store import SQLiteStore, sqlite_path
+from virtscale.collector.store import StoreError, StoreFailed, StoreMissing
 from virtscale.messages import Result
 
 
@@ -13,7 +14,7 @@ def result(worker="vm-1", produced=100.0, hashed=101.0) -> Result:
 
 
 def test_insert_is_idempotent_by_id(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/h.db")
+    store = SQLiteStore(f"sqlite:///{tmp_path}/h.db")
     first = [result() for _ in range(10)]
     assert store.insert(first, 1.0) == (10, 0)
     assert store.insert([*first[:4], result()], 2.0) == (1, 4)
@@ -24,7 +25,7 @@ def test_insert_is_idempotent_by_id(tmp_path):
 
 def test_store_is_wal_and_has_the_contract_columns(tmp_path):
     path = tmp_path / "h.db"
-    Store(f"sqlite:///{path}").insert([result()], 3.0)
+    SQLiteStore(f"sqlite:///{path}").insert([result()], 3.0)
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     columns = {row[1] for row in db.execute("PRAGMA table_info(hashes)")}
@@ -32,7 +33,7 @@ def test_store_is_wal_and_has_the_contract_columns(tmp_path):
 
 
 def test_stats_percentiles_and_per_worker(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/h.db")
+    store = SQLiteStore(f"sqlite:///{tmp_path}/h.db")
     store.insert([result("vm-1", 0, t) for t in range(1, 101)] + [result("vm-2", 0, 5)], 0)
     stats = store.stats()
     assert stats["per_worker"] == {"vm-1": 100, "vm-2": 1}
@@ -53,21 +54,21 @@ def test_relative_and_absolute_paths():
 
 def test_a_store_is_made_with_its_directories(tmp_path):
     path = tmp_path / "new" / "dir" / "h.db"
-    Store(f"sqlite:///{path}").close()
+    SQLiteStore(f"sqlite:///{path}").close()
     assert path.is_file()
 
 
 def test_reading_a_missing_store_says_so_and_creates_nothing(tmp_path):
     path = tmp_path / "absent" / "h.db"
     with pytest.raises(StoreMissing, match="no such file"):
-        Store(f"sqlite:///{path}", create=False)
+        SQLiteStore(f"sqlite:///{path}", create=False)
     assert not (tmp_path / "absent").exists()
 
 
 def test_an_existing_store_opens_for_reading(tmp_path):
     path = tmp_path / "h.db"
-    Store(f"sqlite:///{path}").insert([result()], 1.0)
-    assert Store(f"sqlite:///{path}", create=False).stats()["stored"] == 1
+    SQLiteStore(f"sqlite:///{path}").insert([result()], 1.0)
+    assert SQLiteStore(f"sqlite:///{path}", create=False).stats()["stored"] == 1
 
 
 def test_a_file_that_is_not_sqlite_is_refused(tmp_path):
@@ -75,7 +76,7 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path):
     path.write_text("hello, not a database\n" * 100)
     for create in (True, False):
         with pytest.raises(StoreError, match="not a SQLite database"):
-            Store(f"sqlite:///{path}", create=create)
+            SQLiteStore(f"sqlite:///{path}", create=create)
     assert path.read_text().startswith("hello"), "left as it was"
 
 
@@ -84,23 +85,23 @@ def test_a_sqlite_file_of_something_else_is_not_read_as_a_store(tmp_path):
     with sqlite3.connect(path) as other:
         other.execute("CREATE TABLE people (name TEXT)")
     with pytest.raises(StoreError, match="not a virtscale store"):
-        Store(f"sqlite:///{path}", create=False)
+        SQLiteStore(f"sqlite:///{path}", create=False)
 
 
 def test_a_directory_is_refused(tmp_path):
     with pytest.raises(StoreError, match="is a directory"):
-        Store(f"sqlite:///{tmp_path}")
+        SQLiteStore(f"sqlite:///{tmp_path}")
 
 
 def test_a_directory_that_cannot_be_made_is_refused():
     with pytest.raises(StoreError, match="cannot be opened: No such file or directory"):
-        Store("sqlite:////proc/no-such-process/h.db")
+        SQLiteStore("sqlite:////proc/no-such-process/h.db")
 
 
 def test_a_commit_that_fails_raises_store_failed_and_stores_nothing(tmp_path, monkeypatch):
     path = tmp_path / "h.db"
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.1)
-    store = Store(f"sqlite:///{path}")
+    store = SQLiteStore(f"sqlite:///{path}")
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # holds the write lock past the busy timeout
     try:
@@ -119,11 +120,11 @@ def test_tables_of_the_right_names_but_other_columns_are_not_a_store(tmp_path, c
         other.execute("CREATE TABLE hashes (license TEXT)")
         other.execute("CREATE TABLE counters (name TEXT, value INTEGER)")
     with pytest.raises(StoreError, match=r"table hashes has no .*hash_ms.* column: not a virtscale store"):
-        Store(f"sqlite:///{path}", create=create)
+        SQLiteStore(f"sqlite:///{path}", create=create)
 
 
 def test_stats_that_sqlite_cannot_read_raise_store_error(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'h.db'}")
     store._db.execute("DROP TABLE counters")
     with pytest.raises(StoreError, match="cannot be read: no such table: counters"):
         store.stats()
