@@ -306,8 +306,11 @@ def publish_to_a_consuming_collector(broker_url, names, count: int) -> tuple[str
 def unacked_on(connection: str) -> int:
     """Deliveries unacked on the channels of one connection (by the broker's name for it)."""
     channels = management("channels")
+    # A closing channel may come with empty connection details: it is not that connection's.
     return sum(
-        c.get("messages_unacknowledged", 0) for c in channels if c["connection_details"]["name"] == connection
+        c.get("messages_unacknowledged", 0)
+        for c in channels
+        if (c.get("connection_details") or {}).get("name") == connection
     )
 
 
