@@ -346,8 +346,8 @@ def redact_url(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
         if parts.password is None:
             return url
-    except ValueError:  # malformed: keep only what cannot hold a password
-        return url.split("@", 1)[-1] if "@" in url else url
+    except ValueError:  # malformed: keep only what follows the last "@" (a password may hold one)
+        return url.rsplit("@", 1)[-1]
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 

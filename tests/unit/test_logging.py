@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from virtscale.config import configure_logging, scrub_licenses
+from virtscale.config import configure_logging, redact_url, scrub_licenses
 
 LICENSE = "KL-07-AB-1234"
 
@@ -103,3 +103,66 @@ def test_the_scrubber_matches_any_case_and_separator(variant):
 @pytest.mark.parametrize("text", ["KL-07-ABC-1234", "K-07-AB-1234", "KL-7-AB-1234", "KL-07-AB-123", "vm-12"])
 def test_the_scrubber_leaves_other_shapes(text):
     assert scrub_licenses(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        ("KL-07-AB-1234", "[license]"),
+        ("KL-07-AB-1234 then kl 08 c 0001.", "[license] then [license]."),
+        ("(KL07AB1234)", "([license])"),
+        ("KL07AB12345", "KL07AB12345"),  # a longer run of digits is something else
+        ("XKL07AB1234", "XKL07AB1234"),
+    ],
+)
+def test_the_scrubber_replaces_every_whole_license_and_nothing_else(text, scrubbed):
+    assert scrub_licenses(text) == scrubbed
+
+
+def log_chained_with_stack(logger: logging.Logger) -> None:
+    try:
+        try:
+            raise KeyError(LICENSE)
+        except KeyError as exc:
+            raise RuntimeError(f"while hashing {LICENSE.lower()}") from exc
+    except RuntimeError:
+        logger.error("failed", exc_info=True, stack_info=True)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_chained_traceback_is_scrubbed_in_every_part(captured, log_format):
+    configure_logging("INFO", log_format)
+    log_chained_with_stack(logging.getLogger("virtscale.test"))
+    output = captured.getvalue()
+    assert "KeyError: '[license]'" in output and "while hashing [license]" in output
+    assert LICENSE not in output and LICENSE.lower() not in output
+
+
+def test_json_lines_keep_non_ascii_text_readable(captured):
+    configure_logging("INFO", "json")
+    logging.getLogger("virtscale.test").warning("worker vm-é: Ω")
+    line = captured.getvalue()
+    assert json.loads(line)["message"] == "worker vm-é: Ω"
+    assert "vm-é: Ω" in line, "as UTF-8, not \\u escapes"
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("amqp://worker:s3cret@10.0.2.2:5672/%2F", "amqp://worker:***@10.0.2.2:5672/%2F"),
+        ("amqps://u:p%40ss@broker.example/vh?heartbeat=5", "amqps://u:***@broker.example/vh?heartbeat=5"),
+        ("amqp://u:@h/", "amqp://u:***@h/"),
+        ("amqp://u:p@ss@h/", "amqp://u:***@h/"),  # an "@" in the password itself
+        ("amqp://guest@h/", "amqp://guest@h/"),
+        ("amqp://h:5672/", "amqp://h:5672/"),
+        ("http://[::1/", "http://[::1/"),  # malformed, nothing that could be a password
+        ("amqp://u:s3cret@[::1/", "[::1/"),  # malformed: only what follows the "@"
+        ("amqp://u:p@ss@[::1/", "[::1/"),  # ... the last "@"
+    ],
+)
+def test_redact_url_hides_the_password_and_keeps_the_rest(url, redacted):
+    assert redact_url(url) == redacted
+
+
+def test_a_password_equal_to_the_user_name_is_redacted_once():
+    assert redact_url("amqp://guest:guest@127.0.0.1:5672/%2F") == "amqp://guest:***@127.0.0.1:5672/%2F"
