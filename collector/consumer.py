@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pika
 
 from virtscale import defaults
-from virtscale.broker import Session
+from virtscale.broker import BrokerUrls, Session
 from virtscale.collector.store import Store, StoreFailed
 from virtscale.consuming import ConsumerService
 from virtscale.messages import InvalidMessage, Result, parse_result
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class Collector(ConsumerService):
     def __init__(
         self,
-        url: str,
+        urls: BrokerUrls,
         names: QueueNames,
         store: Store,
         *,
@@ -40,7 +40,7 @@ class Collector(ConsumerService):
         flush_interval: float = defaults.COLLECTOR_FLUSH_INTERVAL,
         host: str | None = None,
     ):
-        super().__init__(url, names)
+        super().__init__(urls, names)
         self.store = store
         self.batch_size = batch_size
         self.flush_interval = flush_interval

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from virtscale import defaults
-from virtscale.broker import Session, keep_running
+from virtscale.broker import BrokerUrls, Nodes, Session, keep_running
 from virtscale.load import Rate
 from virtscale.messages import Job, new_job
 from virtscale.naming import QueueNames, connection_name
@@ -48,7 +48,7 @@ class ProducerReport:
 class Producer:
     def __init__(
         self,
-        url: str,
+        urls: BrokerUrls,
         names: QueueNames,
         next_license: Callable[[], str],
         *,
@@ -59,7 +59,8 @@ class Producer:
         progress_interval: float = defaults.PROGRESS_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.url = url
+        #: The broker's nodes; each new session goes to the one that worked last, or the next.
+        self.nodes = Nodes.of(urls)
         self.names = names
         self.next_license = next_license
         self.rate = rate  # None: as fast as confirms allow
@@ -106,7 +107,7 @@ class Producer:
 
     def _run_session(self) -> None:
         self._session = Session(
-            self.url,
+            self.nodes,
             self._on_ready,
             queues=(self.names.jobs,),
             connection_name=connection_name("producer", socket.gethostname(), self.names.jobs),
