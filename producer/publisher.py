@@ -2,8 +2,10 @@
 
 Publishes are pipelined: up to ``max_outstanding`` messages await their confirms at
 once, so throughput is not bound by one round trip per message. A nack, an unroutable
-return or a lost connection puts the job back at the head of the line to publish again
-with the same id (the store de-duplicates by id).
+return or a lost connection puts the job back in the line to publish again with the same
+id (the store de-duplicates by id). After a nack or a return the producer publishes nothing
+for a moment (defaults.REPUBLISH_DELAY): a job queue at its length limit (overflow
+reject-publish) refuses every publish until its consumers make room.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class Producer:
         self._drain_deadline: float | None = None
         self._last_progress = (0.0, 0)
         self._fill_scheduled = False
+        #: Clock time before which nothing is published: the broker has just refused a publish.
+        self._held_until = 0.0
 
     # -- outline -----------------------------------------------------------------------
 
@@ -155,7 +159,7 @@ class Producer:
         """Publish what is owed: retries first, then as many new jobs as pacing allows."""
         self._fill_scheduled = False
         session = self._session
-        if not session.usable:
+        if not session.usable or self.clock() < self._held_until:
             return
         room = self.max_outstanding - len(self._unconfirmed)
         while room > 0 and self._to_publish:
@@ -198,6 +202,10 @@ class Producer:
             log.warning("job %s not confirmed; will publish it again", job.id)
             self._to_publish.append(job)
         session = self._session
+        if not ok and session.usable:
+            # Refused by a broker still connected, not lost with a session (which reconnects
+            # after a backoff of its own): the next publish would be refused too, at once.
+            self._held_until = self.clock() + defaults.REPUBLISH_DELAY
         if self.rate is None and not self._fill_scheduled and session.usable:
             # Unpaced: top the window up as confirms come in, once per burst of confirms.
             self._fill_scheduled = True
