@@ -117,7 +117,6 @@ def set_policies(api: ManagementApi, vhost: str, names: QueueNames) -> None:
             "priority": policy.priority,
         }
         api.change("PUT", policy_path(vhost, policy.name), f"setting policy {policy.name}", json=body)
-        log.info("policy %s ready on %s: %s", policy.name, names.jobs, body["definition"])
 
 
 def delete_policies(api: ManagementApi, vhost: str, names: QueueNames) -> None:
@@ -161,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "declare":
             set_policies(api, vhost, names)
             declare_topology(urls, names, args.delivery_limit, connection_name)
+            for policy in topology_spec.policies(names):
+                log.info("policy %s on %s: %s", policy.name, names.jobs, dict(policy.definition))
         else:
             report_deleted(delete_topology(urls, names, connection_name))
             delete_policies(api, vhost, names)
