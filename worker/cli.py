@@ -38,7 +38,7 @@ MAX_NAME_BYTES = 255 - len(worker_consumer_tag("", "12345678"))
 
 EXAMPLES = """\
 examples:
-  virtscale-worker --amqp-url amqp://worker@broker.example:5672/%2F --password-file /run/secrets/amqp
+  virtscale-worker --amqp-url amqp://worker@mq1/%2F,amqp://worker@mq2/%2F --password-file /run/secrets/amqp
   VIRTSCALE_WORKER_NAME=vm-3 virtscale-worker --cost 12 --concurrency 2
   virtscale-worker --queue licenses --cost 4 --log-level DEBUG
 """

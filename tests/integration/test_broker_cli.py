@@ -16,6 +16,7 @@ import requests
 
 from tests.conftest import MANAGEMENT_URL, drain_queue, known_jobs, publish_raw, run_module, wait_until
 from virtscale import defaults, topology_spec
+from virtscale.broker import declare_topology
 from virtscale.naming import QueueNames
 
 pytestmark = pytest.mark.broker
@@ -123,7 +124,8 @@ def reject_until_dead_lettered(broker_url: str, queue: str) -> int:
     pytest.fail(f"the message in {queue} was never dead-lettered")
 
 
-def test_declare_sets_the_job_queue_s_policy_and_only_on_it(broker_url, fresh):
+def test_declare_sets_the_job_queue_s_policy_and_only_on_it_even_on_queues_that_exist(broker_url, fresh):
+    declare_topology(broker_url, fresh, defaults.DELIVERY_LIMIT, "virtscale-tests")  # as before the policy
     assert broker(broker_url, "declare", "--queue", fresh.jobs).returncode == 0
     publish_raw(broker_url, fresh.jobs, [b"{}"])
     wait_until(lambda: effective_policy(fresh.jobs) == AT_LEAST_ONCE, 60, "the policy on the job queue")

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,13 +107,14 @@ def start_pipeline(processes, cluster: Cluster, names: QueueNames, db: Path):
     )  # fmt: skip
 
 
-def readings_while_down(monitor: QueueMonitor, complete_ones: int) -> list[QueueReading]:
-    """Readings every half second until ``complete_ones`` of them were not degraded."""
-    readings: list[QueueReading] = []
+def readings_while_down(monitor: QueueMonitor, complete_ones: int) -> list[tuple[float, QueueReading]]:
+    """Readings every half second, with their clock time, until ``complete_ones`` of them were not
+    degraded."""
+    readings: list[tuple[float, QueueReading]] = []
 
     def enough() -> bool:
-        readings.append(monitor.read())
-        return sum(not reading.degraded for reading in readings) >= complete_ones
+        readings.append((time.monotonic(), monitor.read()))
+        return sum(not reading.degraded for _time, reading in readings) >= complete_ones
 
     wait_until(enough, 120, f"{complete_ones} complete readings", every=0.5)
     return readings
@@ -138,11 +140,13 @@ def test_the_node_leading_the_job_queue_stopped_mid_run_loses_no_job(cluster, qu
     )
     try:
         cluster.node(leader).stop()
-        down = readings_while_down(monitor, complete_ones=6)
+        stopped = time.monotonic()
+        timed = readings_while_down(monitor, complete_ones=6)
         producing = producer.poll() is None
     finally:
         cluster.node(leader).start()
 
+    down = [reading for _time, reading in timed]
     assert all(reading.depth is not None and not reading.refused for reading in down), down
     first_complete = next(index for index, reading in enumerate(down) if not reading.degraded)
     assert not any(reading.degraded for reading in down[first_complete:]), down
@@ -153,7 +157,8 @@ def test_the_node_leading_the_job_queue_stopped_mid_run_loses_no_job(cluster, qu
     check_stored_once(processes, cluster, queues, db)
     republished = re.search(r"\((\d+) republished", processes.output(producer)).group(1)
     print(f"{leader} stopped mid-run: {len(down)} readings while down, the first {first_complete} of them")
-    print(f"degraded (no statistics yet from the new leader); the producer republished {republished} jobs")
+    print(f"degraded (no statistics yet from the new leader) for {timed[first_complete][0] - stopped:.1f} s")
+    print(f"the producer republished {republished} jobs")
     print(f"the node came back {'while the producer still ran' if producing else 'after the producer ended'}")
 
 
