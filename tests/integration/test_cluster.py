@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 
 from deploy.rabbitmq.cluster import ROOT, Cluster, exclusive
-from deploy.rabbitmq.node import RABBITMQ_BIN
+from deploy.rabbitmq.node import RABBITMQ_BIN, RabbitNode
 from tests.conftest import port_open, require, run_module, stored_ids, wait_until
 from virtscale import defaults
 from virtscale.broker import queue_counts
+from virtscale.config import redact_url
 from virtscale.management import ManagementApi
 from virtscale.naming import QueueNames
 from virtscale.scaler.queue_monitor import QueueMonitor, QueueReading
@@ -88,23 +89,36 @@ def queues(cluster: Cluster) -> Iterator[QueueNames]:
     run_module("virtscale.topology", "delete", "--yes", "--queue", names.jobs, *nodes)
 
 
-def start_pipeline(processes, cluster: Cluster, names: QueueNames, db: Path):
-    """The collector, two workers and the producer, each given all three nodes, in turns."""
+def leader_of(cluster: Cluster, queue: str) -> RabbitNode:
+    api = ManagementApi(cluster.management_urls, ("guest", "guest"))
+    return cluster.node(api.get(f"/api/queues/%2F/{queue}").json()["leader"])
+
+
+def start_pipeline(processes, cluster: Cluster, names: QueueNames, leader: RabbitNode, db: Path) -> dict:
+    """The collector, two workers and the producer, each given all three nodes: all but one worker
+    first the leader's (they must fail over from it), that worker the next node's (it sees the
+    leader move away under it)."""
     urls = cluster.amqp_urls
+    on_leader, next_one = (
+        rotated(urls, urls.index(leader.amqp_url)),
+        rotated(urls, urls.index(leader.amqp_url) + 1),
+    )
     queue = ["--queue", names.jobs]
-    processes.start(
-        "virtscale.collector", "run", *each("--amqp-url", rotated(urls, 2)), *queue,
-        "--store", f"sqlite:///{db}", name="collector",
-    )  # fmt: skip
-    for number, first in ((1, 0), (2, 1)):
-        processes.start(
-            "virtscale.worker", *each("--amqp-url", rotated(urls, first)), *queue,
-            "--cost", "4", "--concurrency", "2", "--name", f"w{number}", name=f"w{number}",
+    started = {
+        "collector": processes.start(
+            "virtscale.collector", "run", *each("--amqp-url", on_leader), *queue, "--store", f"sqlite:///{db}"
+        )
+    }
+    for name, first in (("w1", on_leader), ("w2", next_one)):
+        started[name] = processes.start(
+            "virtscale.worker", *each("--amqp-url", first), *queue,
+            "--cost", "4", "--concurrency", "2", "--name", name, name=name,
         )  # fmt: skip
-    return processes.start(
-        "virtscale.producer", *each("--amqp-url", urls), *queue,
+    started["producer"] = processes.start(
+        "virtscale.producer", *each("--amqp-url", on_leader), *queue,
         "--count", str(JOBS), "--rate", "75", "--seed", "12", name="producer",
     )  # fmt: skip
+    return started
 
 
 def readings_while_down(monitor: QueueMonitor, complete_ones: int) -> list[tuple[float, QueueReading]]:
@@ -129,22 +143,27 @@ def test_the_job_queues_have_a_replica_on_every_node(cluster, queues):
 
 def test_the_node_leading_the_job_queue_stopped_mid_run_loses_no_job(cluster, queues, processes, tmp_path):
     db = tmp_path / "hashes.db"
-    producer = start_pipeline(processes, cluster, queues, db)
+    leader = leader_of(cluster, queues.jobs)
+    started = start_pipeline(processes, cluster, queues, leader, db)
+    producer = started["producer"]
     monitor = QueueMonitor(cluster.management_urls, ("guest", "guest"), "/", queues.jobs, cluster.amqp_urls)
     wait_until(lambda: len(stored_ids(db)) >= JOBS // 5, 120, "the first fifth stored")
     wait_until(lambda: not monitor.read().degraded, 60, "a complete reading before the stop")
-    leader = monitor.api.get(f"/api/queues/%2F/{queues.jobs}").json()["leader"]
-
+    assert leader_of(cluster, queues.jobs) is leader, "the job queue's leader moved before the stop"
     assert producer.poll() is None and len(stored_ids(db)) < JOBS, (
         "the stop would come too late to test anything"
     )
     try:
-        cluster.node(leader).stop()
+        leader.stop()
         stopped = time.monotonic()
         timed = readings_while_down(monitor, complete_ones=6)
         producing = producer.poll() is None
     finally:
-        cluster.node(leader).start()
+        leader.start()
+    for name in ("collector", "w1", "producer"):
+        elsewhere = [node for node in cluster.nodes if node is not leader]
+        connected = [f"connected to {redact_url(node.amqp_url)}" for node in elsewhere]
+        assert any(line in processes.output(started[name]) for line in connected), f"{name} failed over"
 
     down = [reading for _time, reading in timed]
     assert all(reading.depth is not None and not reading.refused for reading in down), down
@@ -156,7 +175,9 @@ def test_the_node_leading_the_job_queue_stopped_mid_run_loses_no_job(cluster, qu
     wait_until(lambda: len(stored_ids(db)) == JOBS, 300, f"all {JOBS} stored")
     check_stored_once(processes, cluster, queues, db)
     republished = re.search(r"\((\d+) republished", processes.output(producer)).group(1)
-    print(f"{leader} stopped mid-run: {len(down)} readings while down, the first {first_complete} of them")
+    print(
+        f"{leader.name} stopped mid-run: {len(down)} readings while down, the first {first_complete} of them"
+    )
     print(f"degraded (no statistics yet from the new leader) for {timed[first_complete][0] - stopped:.1f} s")
     print(f"the producer republished {republished} jobs")
     print(f"the node came back {'while the producer still ran' if producing else 'after the producer ended'}")
