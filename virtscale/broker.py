@@ -597,7 +597,7 @@ class LeaseSession(Session):
 
     def __init__(
         self,
-        url: str,
+        urls: BrokerUrls,
         queue: str,
         *,
         holder: str,
@@ -611,7 +611,7 @@ class LeaseSession(Session):
         clock: Callable[[], float],
     ):
         super().__init__(
-            url, lambda _session: self._probe(), connection_name=connection_name, heartbeat=heartbeat
+            urls, lambda _session: self._probe(), connection_name=connection_name, heartbeat=heartbeat
         )
         self.queue = queue
         self.holding = False
