@@ -8,10 +8,11 @@ QUEUE ?= licenses
 BROKER_HOST ?= 127.0.0.1:5672
 SECRETS := var/secrets
 # Each component connects as its own least-privilege user; the password comes from a file.
-as = --amqp-url amqp://$(1)@$(BROKER_HOST)/%2F --password-file $(SECRETS)/$(1) --queue $(QUEUE)
+# BROKER_HOST may name several nodes of a cluster: BROKER_HOST="127.0.0.1:5681 127.0.0.1:5682".
+as = $(foreach host,$(BROKER_HOST),--amqp-url amqp://$(1)@$(host)/%2F) --password-file $(SECRETS)/$(1) --queue $(QUEUE)
 
 .PHONY: setup broker postgres image template vms unvms tag host-b producer worker collector stats scaler status demo test test-unit cloud-init \
-	bench bench-policy lint clean chaos
+	bench bench-policy lint clean chaos cluster cluster-stop
 N ?= 3
 COST ?= 12
 # bcrypt cost in the demo VMs: a TCG guest hashes at cost 10 in about a tenth of a second.
@@ -99,6 +100,14 @@ demo: broker image host-b
 DURATION ?= 600
 chaos: setup image
 	@$(BIN)/python deploy/chaos/run.py --duration $(DURATION) --domain-type $(DOMAIN_TYPE) $(ARGS)
+
+# make cluster: a 3-node RabbitMQ cluster beside the main broker (AMQP 5681-5683, management
+# 15681-15683, data under var/cluster/), with the users and queues; make cluster-stop stops it.
+cluster: setup
+	@$(BIN)/python -m deploy.rabbitmq.cluster start --queue $(QUEUE) --secrets-dir $(SECRETS)
+
+cluster-stop: setup
+	@$(BIN)/python -m deploy.rabbitmq.cluster stop
 
 test: broker postgres
 	$(BIN)/python -m pytest $(ARGS)

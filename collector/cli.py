@@ -12,7 +12,7 @@ import sys
 
 from virtscale import defaults
 from virtscale.broker import BrokerRefused, BrokerUnavailable, queue_counts
-from virtscale.cli_support import resolve_and_check_amqp_url
+from virtscale.cli_support import resolve_and_check_amqp_urls
 from virtscale.collector.consumer import Collector
 from virtscale.collector.store import Store, StoreError, StoreFailed, StoreMissing, StoreRefused
 from virtscale.collector.store_url import open_store
@@ -92,12 +92,12 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def print_stats(store: Store, url: str, args: argparse.Namespace) -> int:
+def print_stats(store: Store, urls: tuple[str, ...], args: argparse.Namespace) -> int:
     names = queue_names(args)
     stats = store.stats()
     name = connection_name("collector", socket.gethostname(), names.jobs)
     try:
-        stats["dead_lettered"] = queue_counts(url, names.dead, name)[0]
+        stats["dead_lettered"] = queue_counts(urls, names.dead, name)[0]
     except (BrokerUnavailable, BrokerRefused):
         stats["dead_lettered"] = None  # broker unreachable: unknown, not zero
     print(json.dumps(stats, indent=2))
@@ -151,20 +151,20 @@ def open_checked_store(parser: argparse.ArgumentParser, args: argparse.Namespace
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    url = resolve_and_check_amqp_url(parser, args)
+    urls = resolve_and_check_amqp_urls(parser, args)
     configure_logging(args.log_level, args.log_format)
     store = open_checked_store(parser, args)
     if isinstance(store, int):
         return store
     if args.command == "stats":
         try:
-            return print_stats(store, url, args)
+            return print_stats(store, urls, args)
         except StoreError as exc:
             parser.error(str(exc))
         finally:
             store.close()
     collector = Collector(
-        url, queue_names(args), store, batch_size=args.batch, flush_interval=args.flush_interval
+        urls, queue_names(args), store, batch_size=args.batch, flush_interval=args.flush_interval
     )
     signal.signal(signal.SIGTERM, lambda *_: collector.request_stop())
     signal.signal(signal.SIGINT, lambda *_: collector.request_stop())

@@ -28,7 +28,7 @@ import tenacity
 
 from virtscale import defaults
 from virtscale.backoff import reconnect_wait
-from virtscale.broker import Session
+from virtscale.broker import BrokerUrls, Session
 from virtscale.collector.outage import StoreOutage
 from virtscale.collector.store import Store, StoreFailed
 from virtscale.consuming import ConsumerService
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 class Collector(ConsumerService):
     def __init__(
         self,
-        url: str,
+        urls: BrokerUrls,
         names: QueueNames,
         store: Store,
         *,
@@ -49,7 +49,7 @@ class Collector(ConsumerService):
         flush_interval: float = defaults.COLLECTOR_FLUSH_INTERVAL,
         host: str | None = None,
     ):
-        super().__init__(url, names)
+        super().__init__(urls, names)
         self.store = store
         self.batch_size = batch_size
         self.flush_interval = flush_interval

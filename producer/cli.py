@@ -13,7 +13,7 @@ import sys
 
 from virtscale import defaults
 from virtscale.broker import BrokerRefused
-from virtscale.cli_support import resolve_and_check_amqp_url
+from virtscale.cli_support import resolve_and_check_amqp_urls
 from virtscale.config import (
     OneLineParser,
     add_common_options,
@@ -148,11 +148,11 @@ def delta_setter(producer: Producer):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    url = resolve_and_check_amqp_url(parser, args)
+    urls = resolve_and_check_amqp_urls(parser, args)
     rate, duration = pacing_from(parser, args)
     configure_logging(args.log_level, args.log_format)
     producer = Producer(
-        url,
+        urls,
         queue_names(args),
         LicenseGenerator(args.seed),
         rate=rate,

@@ -2,8 +2,10 @@
 
 Publishes are pipelined: up to ``max_outstanding`` messages await their confirms at
 once, so throughput is not bound by one round trip per message. A nack, an unroutable
-return or a lost connection puts the job back at the head of the line to publish again
-with the same id (the store de-duplicates by id).
+return or a lost connection puts the job back in the line to publish again with the same
+id (the store de-duplicates by id). After a nack or a return the producer publishes nothing
+for a moment (defaults.REPUBLISH_DELAY): a job queue at its length limit (overflow
+reject-publish) refuses every publish until its consumers make room.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from virtscale import defaults
-from virtscale.broker import Session, keep_running
+from virtscale.broker import BrokerUrls, Nodes, Session, keep_running
 from virtscale.load import Rate
 from virtscale.messages import Job, new_job
 from virtscale.naming import QueueNames, connection_name
@@ -48,7 +50,7 @@ class ProducerReport:
 class Producer:
     def __init__(
         self,
-        url: str,
+        urls: BrokerUrls,
         names: QueueNames,
         next_license: Callable[[], str],
         *,
@@ -59,7 +61,8 @@ class Producer:
         progress_interval: float = defaults.PROGRESS_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.url = url
+        #: The broker's nodes; each new session goes to the one that worked last, or the next.
+        self.nodes = Nodes.of(urls)
         self.names = names
         self.next_license = next_license
         self.rate = rate  # None: as fast as confirms allow
@@ -79,6 +82,8 @@ class Producer:
         self._drain_deadline: float | None = None
         self._last_progress = (0.0, 0)
         self._fill_scheduled = False
+        #: Clock time before which nothing is published: the broker has just refused a publish.
+        self._held_until = 0.0
 
     # -- outline -----------------------------------------------------------------------
 
@@ -106,7 +111,7 @@ class Producer:
 
     def _run_session(self) -> None:
         self._session = Session(
-            self.url,
+            self.nodes,
             self._on_ready,
             queues=(self.names.jobs,),
             connection_name=connection_name("producer", socket.gethostname(), self.names.jobs),
@@ -154,7 +159,7 @@ class Producer:
         """Publish what is owed: retries first, then as many new jobs as pacing allows."""
         self._fill_scheduled = False
         session = self._session
-        if not session.usable:
+        if not session.usable or self.clock() < self._held_until:
             return
         room = self.max_outstanding - len(self._unconfirmed)
         while room > 0 and self._to_publish:
@@ -197,6 +202,10 @@ class Producer:
             log.warning("job %s not confirmed; will publish it again", job.id)
             self._to_publish.append(job)
         session = self._session
+        if not ok and session.usable:
+            # Refused by a broker still connected, not lost with a session (which reconnects
+            # after a backoff of its own): the next publish would be refused too, at once.
+            self._held_until = self.clock() + defaults.REPUBLISH_DELAY
         if self.rate is None and not self._fill_scheduled and session.usable:
             # Unpaced: top the window up as confirms come in, once per burst of confirms.
             self._fill_scheduled = True

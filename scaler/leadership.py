@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from virtscale import defaults
-from virtscale.broker import BrokerRefused, LeaseSession, keep_running
+from virtscale.broker import BrokerRefused, BrokerUrls, LeaseSession, Nodes, keep_running
 from virtscale.naming import connection_name, lease_queue
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class Leadership:
 
     def __init__(
         self,
-        url: str,
+        urls: BrokerUrls,
         queue: str,
         pool: str,
         *,
@@ -110,7 +110,8 @@ class Leadership:
         problems = timing.problems()
         if problems:
             raise ValueError("; ".join(problems))
-        self.url = url
+        #: The broker's nodes; each new lease session goes to the one that worked last, or the next.
+        self.nodes = Nodes.of(urls)
         self.pool = pool
         self.queue = lease_queue(queue, pool)
         self.identity = identity or scaler_identity()
@@ -218,7 +219,7 @@ class Leadership:
 
     def _run_session(self) -> None:
         self._session = LeaseSession(
-            self.url,
+            self.nodes,
             self.queue,
             holder=self.identity,
             connection_name=connection_name("scaler", self.identity, self.queue),

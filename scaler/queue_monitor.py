@@ -1,4 +1,5 @@
-"""The queue as the scaler sees it, from the RabbitMQ management HTTP API.
+"""The queue as the scaler sees it, from the RabbitMQ management HTTP API (of any node of a
+cluster that answers: virtscale.management).
 
 A reading the broker did not make is missing, never zero. The management API answers without
 a queue's counts for some seconds after a broker restart, and for a new queue until its first
@@ -14,19 +15,23 @@ import logging
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import requests
 
-from virtscale.broker import HOLDER_ARGUMENT, BrokerRefused, BrokerUnavailable, queue_counts
-from virtscale.config import redact_url
+from virtscale.broker import (
+    HOLDER_ARGUMENT,
+    BrokerRefused,
+    BrokerUnavailable,
+    BrokerUrls,
+    Nodes,
+    queue_counts,
+)
+from virtscale.management import ManagementApi
 from virtscale.naming import connection_name, worker_from_consumer_tag
 
 log = logging.getLogger(__name__)
-
-#: Seconds an HTTP call to the management API may take before the tick goes on without it.
-HTTP_TIMEOUT = 3.0
 
 #: The queue object's count fields. Each one can be absent (a broker restart, a new queue).
 COUNT_FIELDS = ("messages_ready", "messages_unacknowledged", "consumers")
@@ -107,33 +112,30 @@ def _join(*parts: str | None) -> str:
 class QueueMonitor:
     def __init__(
         self,
-        management_url: str,
+        management_urls: str | Iterable[str],
         auth: tuple[str, str],
         vhost: str,
         queue: str,
-        amqp_url: str,
+        amqp_urls: BrokerUrls,
         verify: bool | str = True,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.queue = queue
-        self.amqp_url = amqp_url
+        #: The broker's nodes for the passive declares; they go to the one that answered last.
+        self.amqp_nodes = Nodes.of(amqp_urls)
         #: How the passive declares' connections show in the management UI.
         self.connection_name = connection_name("scaler", socket.gethostname(), queue)
         self.clock = clock
-        base = management_url.rstrip("/")
-        self.management = redact_url(base)
+        self.api = ManagementApi(management_urls, auth, verify)
         # The vhost and queue are path segments: "/" must travel as %2F.
-        self.queues_endpoint = f"{base}/api/queues/{urllib.parse.quote(vhost, safe='')}"
-        self.queue_endpoint = f"{self.queues_endpoint}/{urllib.parse.quote(queue, safe='')}"
-        self._http = requests.Session()
-        self._http.auth = auth
-        self._http.verify = verify
+        self.queues_path = f"/api/queues/{urllib.parse.quote(vhost, safe='')}"
+        self.queue_path = f"{self.queues_path}/{urllib.parse.quote(queue, safe='')}"
         #: Clock time since which every reading had the API's full counts (None: the last had not).
         self._counts_since: float | None = None
 
     def read(self) -> QueueReading:
         try:
-            response = self._http.get(self.queue_endpoint, timeout=HTTP_TIMEOUT)
+            response = self.api.get(self.queue_path)
         except requests.RequestException as exc:
             return self._fallback(f"management API: {type(exc).__name__}: {str(exc)[:200]}")
         if response.status_code in REFUSED_STATUSES:
@@ -151,9 +153,7 @@ class QueueMonitor:
         """Who holds the lease queue ``lease`` (virtscale.scaler.leadership): the holder's name,
         "" when no scaler holds it, None when the management API did not say."""
         try:
-            response = self._http.get(
-                f"{self.queues_endpoint}/{urllib.parse.quote(lease, safe='')}", timeout=HTTP_TIMEOUT
-            )
+            response = self.api.get(f"{self.queues_path}/{urllib.parse.quote(lease, safe='')}")
             if response.status_code == 404:
                 return ""
             response.raise_for_status()
@@ -168,14 +168,14 @@ class QueueMonitor:
         A broker that does not answer is no refusal: the loop runs degraded until it does."""
         unreachable = []
         try:
-            response = self._http.get(self.queue_endpoint, timeout=HTTP_TIMEOUT)
+            response = self.api.get(self.queue_path)
         except requests.RequestException as exc:
-            unreachable.append(f"management API at {self.management} unreachable ({type(exc).__name__})")
+            unreachable.append(f"management API at {self.api} unreachable ({type(exc).__name__})")
         else:
             if response.status_code in REFUSED_STATUSES:
                 return self._refusal_message(response)
         try:
-            queue_counts(self.amqp_url, self.queue, self.connection_name)
+            queue_counts(self.amqp_nodes, self.queue, self.connection_name)
         except BrokerRefused as exc:
             return str(exc)
         except BrokerUnavailable as exc:
@@ -186,7 +186,7 @@ class QueueMonitor:
 
     def _refusal_message(self, response: requests.Response) -> str:
         return (
-            f"management API at {self.management} refused the credentials "
+            f"management API at {self.api} refused the credentials "
             f"({response.status_code} {response.reason}): check the user and password of --amqp-url "
             "(or --password-file) and that the user has the monitoring tag"
         )
@@ -232,7 +232,7 @@ class QueueMonitor:
 
     def _amqp_counts(self) -> tuple[int, int] | BrokerRefused | BrokerUnavailable:
         try:
-            return queue_counts(self.amqp_url, self.queue, self.connection_name)
+            return queue_counts(self.amqp_nodes, self.queue, self.connection_name)
         except (BrokerRefused, BrokerUnavailable) as exc:
             return exc
 

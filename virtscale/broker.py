@@ -10,7 +10,7 @@ import collections
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pika
 import pika.exceptions
@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 #: AMQP reply codes after which retrying cannot help: the configuration must change.
 #: 403 access refused, 404 not found, 406 precondition failed, 530 not allowed (vhost).
 FATAL_REPLY_CODES = frozenset({403, 404, 406, 530})
+
+#: pika turns a connection that ends during its handshake into a "probable" authentication or
+#: vhost error, keeping only the text of what ended it. A lost stream, or a close with 320
+#: CONNECTION_FORCED, is a node going down while we connected (a cluster node stopping), not a
+#: refusal: retried on the next node instead of ending the process.
+HANDSHAKE_OUTAGES = ("StreamLostError", "(320)")
 
 OnMessage = Callable[[int, pika.BasicProperties, bytes], None]
 OnConfirm = Callable[[bool], None]
@@ -48,6 +54,48 @@ class BrokerUnavailable(Exception):
 class BrokerRefused(Exception):
     """The broker refused us for good (credentials, permissions, a missing queue, a bad
     argument). Retrying will not help: fix the configuration named in the message and restart."""
+
+
+class Nodes:
+    """The AMQP URLs of one broker: a single node, or the nodes of one cluster (which share their
+    users and queues). A client connects to one and fails over to the next: each connection goes to
+    the node that worked last, and a node that could not be reached, or dropped a session, hands
+    over to the one after it. Kept by one client for all its sessions, on one thread at a time."""
+
+    def __init__(self, urls: str | Iterable[str]):
+        self.urls = (urls,) if isinstance(urls, str) else tuple(urls)
+        if not self.urls:
+            raise ValueError("no broker URL")
+        self._current = 0
+
+    @classmethod
+    def of(cls, urls: BrokerUrls) -> Nodes:
+        """``urls`` as Nodes: a Nodes is shared as it is (its choice of node goes with it)."""
+        return urls if isinstance(urls, Nodes) else cls(urls)
+
+    @property
+    def current(self) -> str:
+        """The URL the next connection tries first."""
+        return self.urls[self._current]
+
+    def in_order(self) -> tuple[str, ...]:
+        """Every URL, the current one first, then the others in their turn."""
+        return self.urls[self._current :] + self.urls[: self._current]
+
+    def worked(self, url: str) -> None:
+        self._current = self.urls.index(url)
+
+    def failed(self, url: str) -> None:
+        """``url`` was unreachable or lost its session: the next connection tries the node after it."""
+        if self.current == url:
+            self._current = (self._current + 1) % len(self.urls)
+
+    def __str__(self) -> str:
+        return ", ".join(redact_url(url) for url in self.urls)
+
+
+#: One broker URL, several (the nodes of one cluster), or a client's Nodes.
+BrokerUrls = str | Iterable[str] | Nodes
 
 
 def connection_parameters(url: str, connection_name: str, heartbeat: int | None = None) -> pika.URLParameters:
@@ -110,12 +158,12 @@ def classify(exc: BaseException, url: str, after_ready: bool = False) -> Excepti
     """The project's exception for a pika exception."""
     where = redact_url(url)
     inner = _innermost(exc)
-    if isinstance(
-        inner,
-        pika.exceptions.ProbableAuthenticationError
-        | pika.exceptions.AuthenticationError
-        | pika.exceptions.ProbableAccessDeniedError,
-    ):
+    probable = pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError
+    if isinstance(inner, probable) and any(mark in str(inner) for mark in HANDSHAKE_OUTAGES):
+        return BrokerUnavailable(
+            f"broker at {where} unavailable: connection lost while connecting", after_ready
+        )
+    if isinstance(inner, probable | pika.exceptions.AuthenticationError):
         return BrokerRefused(f"broker at {where} refused the credentials or the vhost: {describe(inner)}")
     reply_code = getattr(inner, "reply_code", None)
     if reply_code in FATAL_REPLY_CODES:
@@ -124,6 +172,27 @@ def classify(exc: BaseException, url: str, after_ready: bool = False) -> Excepti
 
 
 def _blocking_call(
+    urls: BrokerUrls,
+    action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object],
+    connection_name: str,
+):
+    """``action(channel)`` on the first node that answers; BrokerUnavailable (every node's reason)
+    when none does. A refusal ends it at once: the nodes of one cluster would all refuse."""
+    nodes = Nodes.of(urls)
+    failures = []
+    for url in nodes.in_order():
+        try:
+            result = _blocking_call_on(url, action, connection_name)
+        except BrokerUnavailable as exc:
+            nodes.failed(url)
+            failures.append(str(exc))
+            continue
+        nodes.worked(url)
+        return result
+    raise BrokerUnavailable("; ".join(failures))
+
+
+def _blocking_call_on(
     url: str,
     action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object],
     connection_name: str,
@@ -145,7 +214,7 @@ def _blocking_call(
 
 
 def declare_topology(
-    url: str,
+    urls: BrokerUrls,
     names: QueueNames,
     delivery_limit: int,
     connection_name: str,
@@ -161,11 +230,11 @@ def declare_topology(
                 arguments=dict(queue.arguments),
             )
 
-    _blocking_call(url, declare, connection_name)
+    _blocking_call(urls, declare, connection_name)
     log.info("topology ready: %s, %s, %s", names.jobs, names.results, names.dead)
 
 
-def delete_topology(url: str, names: QueueNames, connection_name: str) -> dict[str, int | None]:
+def delete_topology(urls: BrokerUrls, names: QueueNames, connection_name: str) -> dict[str, int | None]:
     """Delete the queues and every message in them, the job queue first (so nothing is
     dead-lettered into a queue already gone). Returns how many messages each queue held when it
     was deleted, None for a queue that was not there."""
@@ -184,21 +253,22 @@ def delete_topology(url: str, names: QueueNames, connection_name: str) -> dict[s
             held[queue.name] = channel.queue_delete(queue.name).method.message_count
         return held
 
-    return _blocking_call(url, delete, connection_name)
+    return _blocking_call(urls, delete, connection_name)
 
 
-def queue_counts(url: str, queue: str, connection_name: str) -> tuple[int, int]:
+def queue_counts(urls: BrokerUrls, queue: str, connection_name: str) -> tuple[int, int]:
     """(ready messages, consumers) of ``queue`` by a passive declare; needs no management API."""
 
     def inspect(channel) -> tuple[int, int]:
         frame = channel.queue_declare(queue, passive=True)
         return frame.method.message_count, frame.method.consumer_count
 
-    return _blocking_call(url, inspect, connection_name)
+    return _blocking_call(urls, inspect, connection_name)
 
 
 class Session:
-    """One connection with one confirm-mode channel, driven by pika's asynchronous I/O loop.
+    """One connection with one confirm-mode channel, driven by pika's asynchronous I/O loop, to the
+    current node of ``urls`` (see Nodes; a session that fails moves the client on to the next).
 
     All methods except ``threadsafe`` run on the loop's thread. ``run`` blocks until the
     session ends: it returns after ``stop`` and raises BrokerUnavailable or BrokerRefused
@@ -208,7 +278,7 @@ class Session:
 
     def __init__(
         self,
-        url: str,
+        urls: BrokerUrls,
         on_ready: Callable[[Session], None],
         *,
         queues: tuple[str, ...] = (),
@@ -216,7 +286,8 @@ class Session:
         connection_name: str,
         heartbeat: int | None = None,
     ):
-        self.url = url
+        self.nodes = Nodes.of(urls)
+        self.url = self.nodes.current
         self._heartbeat = heartbeat
         self._on_ready = on_ready
         self._connection_name = connection_name
@@ -235,6 +306,13 @@ class Session:
     # -- lifecycle -------------------------------------------------------------------
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BrokerUnavailable:
+            self.nodes.failed(self.url)
+            raise
+
+    def _run(self) -> None:
         try:
             self._connection = pika.SelectConnection(
                 connection_parameters(self.url, self._connection_name, self._heartbeat),
@@ -519,7 +597,7 @@ class LeaseSession(Session):
 
     def __init__(
         self,
-        url: str,
+        urls: BrokerUrls,
         queue: str,
         *,
         holder: str,
@@ -533,7 +611,7 @@ class LeaseSession(Session):
         clock: Callable[[], float],
     ):
         super().__init__(
-            url, lambda _session: self._probe(), connection_name=connection_name, heartbeat=heartbeat
+            urls, lambda _session: self._probe(), connection_name=connection_name, heartbeat=heartbeat
         )
         self.queue = queue
         self.holding = False

@@ -6,16 +6,18 @@ from __future__ import annotations
 import argparse
 
 from virtscale.broker import BrokerRefused, check_url
-from virtscale.config import resolve_amqp_url
+from virtscale.config import resolve_amqp_urls
 
 
-def resolve_and_check_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """The broker URL every command connects with: resolved (password, shape, port), then checked
-    as pika would read it (query options such as ?heartbeat=), so a URL no connection could use
-    is a flag error at start-up, the same in every command. Nothing connects here."""
-    url = resolve_amqp_url(parser, args)
-    try:
-        check_url(url)
-    except BrokerRefused as exc:
-        parser.error(f"{' '.join(str(exc).split())} (the flag or VIRTSCALE_AMQP_URL)")
-    return url
+def resolve_and_check_amqp_urls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
+    """The broker URLs every command connects with (one, or one per node of a cluster): resolved
+    (password, shape, port), then checked as pika would read them (query options such as
+    ?heartbeat=), so a URL no connection could use is a flag error at start-up, the same in every
+    command. Nothing connects here."""
+    urls = resolve_amqp_urls(parser, args)
+    for url in urls:
+        try:
+            check_url(url)
+        except BrokerRefused as exc:
+            parser.error(f"{' '.join(str(exc).split())} (the flag or VIRTSCALE_AMQP_URL)")
+    return urls

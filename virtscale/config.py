@@ -233,29 +233,45 @@ def add_logging_options(parser: argparse.ArgumentParser, default_level: str = "I
     )
 
 
-class _GivenUrl(argparse.Action):
-    """Stores --amqp-url and notes it was given as a flag: only then does a password in it win
-    over VIRTSCALE_AMQP_PASSWORD (the flag's default comes from VIRTSCALE_AMQP_URL)."""
+def url_list(text: str) -> list[str]:
+    """The URLs in a comma-separated list (a flag's or an environment variable's value). A comma
+    splits only where a URL starts after it (``scheme://``), so that one inside a password stays;
+    stray commas and blanks around a URL go. Nothing in it is [""], which no URL check accepts."""
+    urls = [url.strip(" \t,") for url in re.split(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)", text)]
+    return [url for url in urls if url] or [""]
+
+
+class _UrlList(argparse.Action):
+    """A repeatable URL flag whose default is a list from an environment variable: the first URL
+    given replaces that default, the next ones add to it (the nodes of one cluster). Notes that
+    the flag was given (``<dest>_given``): only then does a password in --amqp-url win over
+    VIRTSCALE_AMQP_PASSWORD."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        setattr(namespace, self.dest, values)
-        namespace.amqp_url_given = True
+        given = f"{self.dest}_given"
+        earlier = getattr(namespace, self.dest) if getattr(namespace, given, False) else []
+        setattr(namespace, self.dest, [*earlier, *url_list(values)])
+        setattr(namespace, given, True)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """The flags every broker client takes: broker, queue, logging, version."""
     parser.add_argument(
         "--amqp-url",
-        action=_GivenUrl,
+        dest="amqp_urls",
+        action=_UrlList,
         metavar="URL",
-        default=os.environ.get("VIRTSCALE_AMQP_URL", defaults.AMQP_URL),
-        help="broker URL, amqp:// or amqps:// (env VIRTSCALE_AMQP_URL; default: %(default)s)",
+        default=url_list(os.environ.get("VIRTSCALE_AMQP_URL", defaults.AMQP_URL)),
+        help="broker URL, amqp:// or amqps://; repeat it (or separate by commas) for each node of a "
+        "cluster: a connection goes to one and fails over to the next "
+        # argparse %-formats help texts: the %2F of the default vhost must be written %%2F.
+        f"(env VIRTSCALE_AMQP_URL, comma-separated; default: {defaults.AMQP_URL.replace('%', '%%')})",
     )
     parser.add_argument(
         "--password-file",
         metavar="FILE",
         default=os.environ.get("VIRTSCALE_AMQP_PASSWORD_FILE"),
-        help="file holding the broker password, which replaces the one in the URL "
+        help="file holding the broker password, which replaces the one in the URL(s) "
         "(env VIRTSCALE_AMQP_PASSWORD_FILE, or the password itself in VIRTSCALE_AMQP_PASSWORD)",
     )
     parser.add_argument(
@@ -270,11 +286,33 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     add_version_option(parser)
 
 
-def resolve_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """The broker URL with its password, checked for shape. The password comes from
+def add_management_options(parser: argparse._ActionsContainer) -> None:
+    """--management-url (repeatable, one per node of a cluster) and --management-ca."""
+    parser.add_argument(
+        "--management-url",
+        dest="management_urls",
+        action=_UrlList,
+        metavar="URL",
+        default=url_list(os.environ.get("VIRTSCALE_MANAGEMENT_URL", defaults.MANAGEMENT_URL)),
+        help="RabbitMQ management API, http:// or https://; repeat it (or separate by commas) for "
+        "each node of a cluster: any node that answers will do; credentials are those of the first "
+        "--amqp-url "
+        f"(env VIRTSCALE_MANAGEMENT_URL, comma-separated; default: {defaults.MANAGEMENT_URL})",
+    )
+    parser.add_argument("--management-ca", metavar="FILE", help="CA bundle to verify an https management URL")
+
+
+def resolve_amqp_urls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
+    """The broker URLs with their password, each checked for shape. The password comes from
     --password-file (flag or VIRTSCALE_AMQP_PASSWORD_FILE), else from an --amqp-url given as a
     flag, else from VIRTSCALE_AMQP_PASSWORD, else from the URL in VIRTSCALE_AMQP_URL."""
-    url = args.amqp_url
+    password = file_password(parser, args.password_file)
+    return tuple(_resolve_amqp_url(parser, args, url, password) for url in args.amqp_urls)
+
+
+def _resolve_amqp_url(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, url: str, password: str | None
+) -> str:
     check_port(parser, "--amqp-url", url, "VIRTSCALE_AMQP_URL")
     parts = split_url(parser, "--amqp-url", url, "VIRTSCALE_AMQP_URL")
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
@@ -282,8 +320,7 @@ def resolve_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             f"--amqp-url must look like amqp://user:password@host:5672/vhost, got {redact_url(url)!r}"
             " (the flag or VIRTSCALE_AMQP_URL)"
         )
-    password = file_password(parser, args.password_file)
-    if password is None and not (getattr(args, "amqp_url_given", False) and parts.password is not None):
+    if password is None and not (getattr(args, "amqp_urls_given", False) and parts.password is not None):
         password = os.environ.get("VIRTSCALE_AMQP_PASSWORD")
     if password is None:
         return url
@@ -292,6 +329,28 @@ def resolve_amqp_url(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     port = f":{parts.port}" if parts.port else ""
     netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}{port}"
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def resolve_management_urls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
+    """The --management-url values, each checked for shape, and a readable --management-ca."""
+    variable = "VIRTSCALE_MANAGEMENT_URL"
+    for url in args.management_urls:
+        check_port(parser, "--management-url", url, variable)
+        parts = split_url(parser, "--management-url", url, variable)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            shape = "--management-url must be http(s)://host:port"
+            parser.error(f"{shape}, got {redact_url(url)!r} (the flag or {variable})")
+    if args.management_ca is not None and not os.access(args.management_ca, os.R_OK):
+        parser.error(f"--management-ca {args.management_ca}: no such file, or not readable")
+    return tuple(args.management_urls)
+
+
+def broker_identity(url: str) -> tuple[tuple[str, str], str]:
+    """((user, password), vhost) of an AMQP URL: what its management API calls are made as."""
+    parts = urllib.parse.urlsplit(url)
+    auth = (urllib.parse.unquote(parts.username or "guest"), urllib.parse.unquote(parts.password or "guest"))
+    vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return auth, vhost
 
 
 def file_password(parser: argparse.ArgumentParser, path: str | None) -> str | None:

@@ -13,15 +13,16 @@ import threading
 
 import pika
 
-from virtscale.broker import Session, keep_running
+from virtscale.broker import BrokerUrls, Nodes, Session, keep_running
 from virtscale.naming import QueueNames
 
 
 class ConsumerService:
     """One consumer of one queue, reconnecting; subclasses fill in the hooks below."""
 
-    def __init__(self, url: str, names: QueueNames):
-        self.url = url
+    def __init__(self, urls: BrokerUrls, names: QueueNames):
+        #: The broker's nodes; each new session goes to the one that worked last, or the next.
+        self.nodes = Nodes.of(urls)
         self.names = names
         self.stop_requested = threading.Event()
         self._session: Session | None = None
@@ -64,7 +65,7 @@ class ConsumerService:
     def _run_session(self) -> None:
         self._unsettled = 0
         self._reset()
-        self._session = Session(self.url, self._start_consuming, **self._session_options())
+        self._session = Session(self.nodes, self._start_consuming, **self._session_options())
         self._session.run()
 
     def _start_consuming(self, session: Session) -> None:

@@ -33,6 +33,11 @@ DELTA = 1.0
 #: Published but unconfirmed messages the producer keeps in flight at most.
 MAX_OUTSTANDING = 2000
 
+#: Seconds the producer publishes nothing after the broker nacked or returned a publish: a job
+#: queue at a length limit (overflow reject-publish) nacks every publish until its consumers make
+#: room, so publishing again at once would spin; long enough for a worker to take some jobs.
+REPUBLISH_DELAY = 1.0
+
 #: bcrypt cost factor (log2 rounds) the worker uses.
 BCRYPT_COST = 12
 

@@ -1,41 +1,52 @@
-"""virtscale-broker: declare (or delete) the queues every component relies on,
-or print them, with the users and their rights, as a RabbitMQ definitions file.
+"""virtscale-broker: declare (or delete) the queues every component relies on and the job
+queue's policy, or print them, with the users and their rights, as a RabbitMQ definitions file.
 
-Run declare once with an account that may configure queues (make broker does);
-the components themselves only check that the queues exist. Everything here
-comes from virtscale.topology_spec.
+Run declare once with an account that may configure queues and set policies (make broker does,
+as guest from this machine); the components themselves only check that the queues exist. The
+queues go over AMQP, the policy through the management API (AMQP cannot set one). On a cluster,
+give every node's URLs: any node that answers will do. Everything here comes from
+virtscale.topology_spec.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import sys
+import urllib.parse
 
 from virtscale import defaults, topology_spec
 from virtscale.broker import BrokerRefused, BrokerUnavailable, declare_topology, delete_topology
-from virtscale.cli_support import resolve_and_check_amqp_url
+from virtscale.cli_support import resolve_and_check_amqp_urls
 from virtscale.config import (
     MAX_DELIVERY_LIMIT,
     OneLineParser,
     add_common_options,
+    add_management_options,
     bounded_int,
+    broker_identity,
     configure_logging,
     queue_names,
+    resolve_management_urls,
 )
+from virtscale.management import ManagementApi, ManagementError
 from virtscale.naming import QueueNames
+
+log = logging.getLogger(__name__)
 
 PROG = "virtscale-broker"
 
 COMMANDS = {
-    "declare": "create the queues (idempotent)",
-    "delete": "delete the queues and every message in them (asks first)",
+    "declare": "create the queues and the job queue's policy (idempotent)",
+    "delete": "delete the queues, every message in them and the policy (asks first)",
     "definitions": "print the queues, users and rights as a RabbitMQ definitions file",
 }
 
 EXAMPLES = """\
 examples:
   virtscale-broker declare --queue licenses
+  virtscale-broker declare --amqp-url amqp://node1/%2F,amqp://node2/%2F --management-url http://node1:15672
   virtscale-broker delete --queue bench --yes
   virtscale-broker definitions > deploy/rabbitmq/definitions.json
 """
@@ -55,6 +66,7 @@ def build_parser() -> OneLineParser:
         help=f"{', '.join(COMMANDS)} (see above)",
     )
     add_common_options(parser)
+    add_management_options(parser)
     parser.add_argument(
         "--delivery-limit",
         type=bounded_int(1, MAX_DELIVERY_LIMIT),
@@ -91,6 +103,32 @@ def confirmed(names: QueueNames) -> bool:
     return answer.strip() in (names.jobs, "yes")
 
 
+def policy_path(vhost: str, name: str) -> str:
+    return f"/api/policies/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(name, safe='')}"
+
+
+def set_policies(api: ManagementApi, vhost: str, names: QueueNames) -> None:
+    """Set (or update) the job queue's policy; before the queues, so it holds from their start."""
+    for policy in topology_spec.policies(names):
+        body = {
+            "pattern": policy.pattern,
+            "definition": dict(policy.definition),
+            "apply-to": policy.apply_to,
+            "priority": policy.priority,
+        }
+        api.change("PUT", policy_path(vhost, policy.name), f"setting policy {policy.name}", json=body)
+
+
+def delete_policies(api: ManagementApi, vhost: str, names: QueueNames) -> None:
+    for policy in topology_spec.policies(names):
+        path, what = policy_path(vhost, policy.name), f"deleting policy {policy.name}"
+        response = api.change("DELETE", path, what, missing_ok=True)
+        gone = response.status_code == 404
+        print(
+            f"policy {policy.name}: not there, nothing to delete" if gone else f"deleted policy {policy.name}"
+        )
+
+
 def report_deleted(held: dict[str, int | None]) -> None:
     for queue, messages in held.items():
         if messages is None:
@@ -106,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "definitions":
         sys.stdout.write(definitions_text(names, args.delivery_limit))
         return 0
-    url = resolve_and_check_amqp_url(parser, args)
+    urls = resolve_and_check_amqp_urls(parser, args)
+    auth, vhost = broker_identity(urls[0])
+    api = ManagementApi(resolve_management_urls(parser, args), auth, verify=args.management_ca or True)
     if args.command == "delete" and not args.yes:
         if not sys.stdin.isatty():
             parser.error("delete removes the queues and their messages: pass --yes to confirm")
@@ -118,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     connection_name = f"{PROG} {socket.gethostname()} {names.jobs}"
     try:
         if args.command == "declare":
-            declare_topology(url, names, args.delivery_limit, connection_name)
+            set_policies(api, vhost, names)
+            declare_topology(urls, names, args.delivery_limit, connection_name)
+            for policy in topology_spec.policies(names):
+                log.info("policy %s on %s: %s", policy.name, names.jobs, dict(policy.definition))
         else:
-            report_deleted(delete_topology(url, names, connection_name))
-    except (BrokerRefused, BrokerUnavailable) as exc:
+            report_deleted(delete_topology(urls, names, connection_name))
+            delete_policies(api, vhost, names)
+    except (BrokerRefused, BrokerUnavailable, ManagementError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     return 0

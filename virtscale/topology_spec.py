@@ -1,10 +1,11 @@
-"""What the broker must hold for one job queue: its queues with their arguments, and the
-least-privilege users with their rights. The one place these facts are written.
+"""What the broker must hold for one job queue: its queues with their arguments, the policy on
+the job queue, and the least-privilege users with their rights. The one place these facts are
+written.
 
-virtscale.broker declares the queues from here, deploy/broker_accounts.py grants the rights
-from here, and deploy/rabbitmq/definitions.json is generated from here
-(`virtscale-broker definitions`). Pure data on the standard library only: it ships inside the
-worker VM image, which has Debian's python3-pika and nothing else of PyPI's.
+virtscale.broker declares the queues from here, `virtscale-broker declare` sets the policy from
+here, deploy/broker_accounts.py grants the rights from here, and deploy/rabbitmq/definitions.json
+is generated from here (`virtscale-broker definitions`). Pure data on the standard library only:
+it ships inside the worker VM image, which has Debian's python3-pika and nothing else of PyPI's.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ class Queue:
     arguments: Mapping[str, object]
     durable: bool = True
     auto_delete: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A RabbitMQ policy: settings applied to the queues whose names match ``pattern``. Unlike a
+    queue's arguments, which are fixed when it is first declared (another value fails the
+    redeclare with PRECONDITION_FAILED), a policy can be set or changed on a queue that exists."""
+
+    name: str
+    pattern: str
+    definition: Mapping[str, object]
+    apply_to: str = "queues"
+    #: Of the policies matching one queue only the highest-priority one applies: ours outranks a
+    #: catch-all policy left at the default 0.
+    priority: int = 10
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,22 @@ def queues(names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT) -> 
     )
 
 
+def policies(names: QueueNames) -> tuple[Policy, ...]:
+    """The job queue's policy: dead-letter at least once. By default a quorum queue dead-letters
+    at most once, so a message dropped at the delivery limit while the dead-letter queue cannot
+    take it (its leader being elected, a node down, the queue gone) is lost. At least once, the
+    job queue keeps it until the dead-letter queue has confirmed it; RabbitMQ does that only with
+    overflow reject-publish (a queue at a length limit refuses new publishes, which the producer
+    republishes later, instead of dropping its oldest messages)."""
+    return (
+        Policy(
+            f"virtscale-{names.jobs}",
+            exactly(names.jobs),
+            {"dead-letter-strategy": "at-least-once", "overflow": "reject-publish"},
+        ),
+    )
+
+
 def users(names: QueueNames) -> tuple[User, ...]:
     """Each component's account: it may publish and consume what its job needs, declare nothing."""
     return (
@@ -110,6 +142,17 @@ def definitions(
                 "arguments": dict(queue.arguments),
             }
             for queue in queues(names, delivery_limit)
+        ],
+        "policies": [
+            {
+                "vhost": vhost,
+                "name": policy.name,
+                "pattern": policy.pattern,
+                "apply-to": policy.apply_to,
+                "definition": dict(policy.definition),
+                "priority": policy.priority,
+            }
+            for policy in policies(names)
         ],
         "users": [
             {

@@ -11,7 +11,7 @@ import sys
 
 from virtscale import defaults
 from virtscale.broker import BrokerRefused
-from virtscale.cli_support import resolve_and_check_amqp_url
+from virtscale.cli_support import resolve_and_check_amqp_urls
 from virtscale.config import (
     OneLineParser,
     add_common_options,
@@ -38,7 +38,7 @@ MAX_NAME_BYTES = 255 - len(worker_consumer_tag("", "12345678"))
 
 EXAMPLES = """\
 examples:
-  virtscale-worker --amqp-url amqp://worker@broker.example:5672/%2F --password-file /run/secrets/amqp
+  virtscale-worker --amqp-url amqp://worker@mq1/%2F,amqp://worker@mq2/%2F --password-file /run/secrets/amqp
   VIRTSCALE_WORKER_NAME=vm-3 virtscale-worker --cost 12 --concurrency 2
   virtscale-worker --queue licenses --cost 4 --log-level DEBUG
 """
@@ -113,12 +113,12 @@ def build_parser() -> OneLineParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    url = resolve_and_check_amqp_url(parser, args)
+    urls = resolve_and_check_amqp_urls(parser, args)
     if args.concurrency * args.prefetch_per_slot > MAX_PREFETCH:
         parser.error(f"--concurrency times --prefetch-per-slot must be at most {MAX_PREFETCH}")
     configure_logging(args.log_level, args.log_format)
     worker = Worker(
-        url,
+        urls,
         queue_names(args),
         cost=args.cost,
         concurrency=args.concurrency,

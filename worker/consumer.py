@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pika
 
-from virtscale.broker import Session
+from virtscale.broker import BrokerUrls, Session
 from virtscale.consuming import ConsumerService
 from virtscale.messages import InvalidMessage, Job, Result, loggable_id, parse_job
 from virtscale.naming import QueueNames, connection_name, worker_consumer_tag
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class Worker(ConsumerService):
     def __init__(
         self,
-        url: str,
+        urls: BrokerUrls,
         names: QueueNames,
         *,
         cost: int,
@@ -37,7 +37,7 @@ class Worker(ConsumerService):
         name: str,
         prefetch_per_slot: int = 1,
     ):
-        super().__init__(url, names)
+        super().__init__(urls, names)
         self.cost = cost
         self.concurrency = concurrency
         self.name = name

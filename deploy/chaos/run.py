@@ -29,10 +29,10 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 
 import faults  # noqa: E402
 import report  # noqa: E402
-from node import ChaosNode  # noqa: E402
 from timeline import plot_timeline  # noqa: E402
 
 from deploy.processes import stop_in_order  # noqa: E402
+from deploy.rabbitmq.node import RabbitNode  # noqa: E402
 from tests.support.proxy import CuttableProxy  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
@@ -83,7 +83,7 @@ class Harness:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.node = ChaosNode(OUT / "rabbitmq", "virtscale-chaos@localhost", 5690, 15690)
+        self.node = RabbitNode(OUT / "rabbitmq", "virtscale-chaos@localhost", 5690, 15690)
         self.proxies: dict[str, CuttableProxy] = {}
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = threading.Event()
@@ -104,10 +104,11 @@ class Harness:
         say(f"starting RabbitMQ node {node.name} (AMQP {node.amqp_port}, management {node.management_port})")
         self.node.start()
         subprocess.run(
-            [str(BIN / "virtscale-broker"), "declare", "--amqp-url", self.node.amqp_url, "--queue", QUEUE],
+            [str(BIN / "virtscale-broker"), "declare", "--amqp-url", node.amqp_url,
+             "--management-url", node.management_url, "--queue", QUEUE],
             check=True,
             capture_output=True,
-        )
+        )  # fmt: skip
         for name in PROXIES:
             port = self.node.management_port if name == "management" else self.node.amqp_port
             self.proxies[name] = CuttableProxy(("127.0.0.1", port))

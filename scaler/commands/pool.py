@@ -7,12 +7,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import urllib.parse
 from collections.abc import Callable
 
-from virtscale import defaults
-from virtscale.cli_support import resolve_and_check_amqp_url
-from virtscale.config import add_common_options, bounded_float, check_port, redact_url, split_url
+from virtscale.cli_support import resolve_and_check_amqp_urls
+from virtscale.config import (
+    add_common_options,
+    add_management_options,
+    bounded_float,
+    broker_identity,
+    resolve_management_urls,
+)
 from virtscale.scaler import placement
 from virtscale.scaler.fleet import Fleet, FleetConfig
 from virtscale.scaler.hypervisor import Hypervisor, HypervisorRefused, HypervisorUnavailable
@@ -75,32 +79,16 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         help="how long a host may be unreachable before its VMs count as lost and are replaced "
         "on the other hosts (default: %(default)g)",
     )
-    group.add_argument(
-        "--management-url",
-        metavar="URL",
-        default=os.environ.get("VIRTSCALE_MANAGEMENT_URL", defaults.MANAGEMENT_URL),
-        help="RabbitMQ management API, http:// or https://; credentials are those of --amqp-url "
-        "(env VIRTSCALE_MANAGEMENT_URL; default: %(default)s)",
-    )
-    group.add_argument("--management-ca", metavar="FILE", help="CA bundle to verify an https management URL")
+    add_management_options(group)
 
 
 def queue_monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> QueueMonitor:
-    """The queue's reader, from --amqp-url, --queue and the --management-* flags."""
-    url = resolve_and_check_amqp_url(parser, args)
-    check_port(parser, "--management-url", args.management_url, "VIRTSCALE_MANAGEMENT_URL")
-    management = split_url(parser, "--management-url", args.management_url, "VIRTSCALE_MANAGEMENT_URL")
-    if management.scheme not in ("http", "https") or not management.hostname:
-        parser.error(
-            f"--management-url must be http(s)://host:port, got {redact_url(args.management_url)!r} "
-            "(the flag or VIRTSCALE_MANAGEMENT_URL)"
-        )
-    if args.management_ca is not None and not os.access(args.management_ca, os.R_OK):
-        parser.error(f"--management-ca {args.management_ca}: no such file, or not readable")
-    amqp = urllib.parse.urlsplit(url)
-    auth = (urllib.parse.unquote(amqp.username or "guest"), urllib.parse.unquote(amqp.password or "guest"))
-    vhost = urllib.parse.unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
-    return QueueMonitor(args.management_url, auth, vhost, args.queue, url, verify=args.management_ca or True)
+    """The queue's reader, from --amqp-url, --queue and the --management-* flags: it reads from
+    any node of a cluster that answers."""
+    urls = resolve_and_check_amqp_urls(parser, args)
+    management_urls = resolve_management_urls(parser, args)
+    auth, vhost = broker_identity(urls[0])
+    return QueueMonitor(management_urls, auth, vhost, args.queue, urls, verify=args.management_ca or True)
 
 
 def fleet_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Fleet:

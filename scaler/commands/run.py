@@ -169,7 +169,10 @@ SETTLE_TIMEOUT = 15.0
 
 def stand_for_lease(parser: OneLineParser, args: argparse.Namespace, monitor: QueueMonitor) -> Leadership:
     """Stand for the pool's lease; a broker that refuses it (the user's rights) exits 1 now."""
-    leadership = Leadership(monitor.amqp_url, args.queue, args.pool, holder_lookup=monitor.lease_holder)
+    # The nodes' URLs, not the monitor's Nodes: the lease fails over on a thread of its own.
+    leadership = Leadership(
+        monitor.amqp_nodes.urls, args.queue, args.pool, holder_lookup=monitor.lease_holder
+    )
     leadership.start()
     leadership.wait_settled(SETTLE_TIMEOUT)
     if leadership.refusal is not None:

@@ -158,6 +158,26 @@ def test_connection_cut_mid_run_every_component_recovers(broker_url, names, proc
         proxy.close()
 
 
+def test_every_component_fails_over_past_a_broker_node_that_is_down(broker_url, names, processes, tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on: a node that is down
+        probe.bind(("127.0.0.1", 0))
+        down = f"amqp://guest:guest@127.0.0.1:{probe.getsockname()[1]}/%2F"
+    nodes = f"{down},{broker_url}"
+    db = tmp_path / "hashes.db"
+    start_collector(processes, nodes, names, f"sqlite:///{db}")
+    start_worker(processes, nodes, names, "w-failover")
+    producer = processes.start(
+        "virtscale.producer", *common(nodes, names), "--count", "100", "--rate", "0", name="producer"
+    )
+    assert producer.wait(120) == 0, processes.output(producer)
+    wait_until(lambda: stored_count(db) == 100, 120, "100 hashes stored")
+    logs = processes.all_output()
+    assert logs.count(f"{down.split('@')[1]} unavailable: connection refused") >= 3, (
+        "each tried the dead node"
+    )
+    assert "guest:guest" not in logs
+
+
 BAD_BODIES = {
     "not json": b"this is not json",
     "binary": bytes(range(256)),

@@ -47,18 +47,25 @@ class ManagementStub:
         self.body = body if body is not None else {}
         self.status = status
         self.requests = 0
+        #: (method, path, JSON body or None) of every request.
+        self.calls: list[tuple[str, str, object]] = []
         self._closed = False
         stub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 stub.requests += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                sent = json.loads(self.rfile.read(length)) if length else None
+                stub.calls.append((self.command, self.path, sent))
                 payload = json.dumps(stub.body).encode()
                 self.send_response(stub.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+
+            do_PUT = do_DELETE = do_GET
 
             def log_message(self, *_args) -> None:
                 pass

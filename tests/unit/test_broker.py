@@ -196,3 +196,79 @@ def test_a_dead_letter_is_logged_by_its_delivery_tag_unless_its_id_is_a_uuid(cap
         session.dead_letter("jobs.dead", b"x", "bad", "LIC-98765432", lambda _ok: None, delivery_tag=5)
     assert "LIC-" not in caplog.text
     assert "dead-lettering message #5: bad" in caplog.text
+
+
+# -- the nodes of a cluster ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port nobody listens on now: a node that is down (its connection is refused at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def down_url() -> str:
+    return f"amqp://guest:s3cret@127.0.0.1:{free_port()}/%2F"
+
+
+def test_nodes_start_at_the_first_and_hand_over_to_the_next_that_failed():
+    nodes = broker.Nodes(["amqp://a/", "amqp://b/", "amqp://c/"])
+    assert nodes.current == "amqp://a/"
+    nodes.failed("amqp://a/")
+    assert nodes.in_order() == ("amqp://b/", "amqp://c/", "amqp://a/")
+    nodes.failed("amqp://a/")  # a failure of a node already passed over moves nothing
+    assert nodes.current == "amqp://b/"
+    nodes.failed("amqp://b/")
+    nodes.failed("amqp://c/")
+    assert nodes.current == "amqp://a/", "round the ring"
+    nodes.worked("amqp://c/")
+    assert nodes.current == "amqp://c/"
+
+
+def test_a_single_url_is_a_cluster_of_one_and_nodes_are_shared_as_they_are():
+    nodes = broker.Nodes.of(URL)
+    assert nodes.urls == (URL,)
+    assert broker.Nodes.of(nodes) is nodes
+    nodes.failed(URL)
+    assert nodes.current == URL
+    assert "s3cret" not in str(broker.Nodes([URL, URL]))
+
+
+def test_a_session_that_cannot_reach_its_node_moves_the_client_on_to_the_next():
+    first, second = down_url(), down_url()
+    nodes = broker.Nodes([first, second])
+    session = broker.Session(nodes, lambda _session: None, connection_name="virtscale-test")
+    assert session.url == first
+    with pytest.raises(BrokerUnavailable, match="connection refused"):
+        session.run()
+    assert nodes.current == second
+    assert broker.Session(nodes, lambda _session: None, connection_name="virtscale-test").url == second
+
+
+def test_a_one_off_call_tries_every_node_and_names_each_one_s_reason():
+    first, second = down_url(), down_url()
+    with pytest.raises(BrokerUnavailable) as caught:
+        broker.queue_counts([first, second], "jobs", "virtscale-test")
+    message = str(caught.value)
+    assert message.count("connection refused") == 2
+    assert first.split("@")[1] in message and second.split("@")[1] in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pika.exceptions.ProbableAuthenticationError(
+            "StreamLostError: (\"Stream connection lost: ConnectionResetError(104, 'Connection reset "
+            "by peer')\",)"
+        ),
+        pika.exceptions.ProbableAccessDeniedError(
+            'ConnectionClosedByBroker: (320) "CONNECTION_FORCED - broker forced connection closure '
+            "with reason 'shutdown'\""
+        ),
+    ],
+)
+def test_a_node_going_down_during_the_handshake_is_an_outage_not_a_refusal(error):
+    """pika calls it a probable authentication or vhost error; the next node must still be tried."""
+    assert isinstance(classify(error, URL), BrokerUnavailable)

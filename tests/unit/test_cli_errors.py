@@ -173,6 +173,29 @@ CASES = [
     (PRODUCER, ["--seed", "-1", "--profile", "bursty"], {}, "--seed"),
     (PRODUCER, ["--profile", "step", "--period", "0"], {}, "--period"),
     (PRODUCER, ["--amqp-url", "amqp://x:99999/"], {"VIRTSCALE_AMQP_PASSWORD": "secret"}, "--amqp-url"),
+    # Several nodes of a cluster: any bad one is the same one line, whichever way they are given.
+    (
+        PRODUCER,
+        ["--amqp-url", "amqp://h1/", "--amqp-url", "ftp://h2/"],
+        {},
+        "--amqp-url must look like amqp://",
+    ),
+    (WORKER, ["--amqp-url", "amqp://h1/,amqp://u:secret@h2:0/"], {}, "--amqp-url: the port must be 1-65535"),
+    (COLLECTOR, [], {"VIRTSCALE_AMQP_URL": "amqp://h1/,amqp://u:secret@[::1/"}, "VIRTSCALE_AMQP_URL"),
+    (
+        SCALER,
+        ["status", *TEST_DRIVER, "--management-url", "http://h1:15672", "--management-url", "ftp://h2"],
+        {},
+        "--management-url must be http(s)://host:port, got 'ftp://h2'",
+    ),
+    (
+        SCALER,
+        ["run", *TEST_DRIVER],
+        {"VIRTSCALE_MANAGEMENT_URL": "http://h1,http://h2:0"},
+        "--management-url",
+    ),
+    (BROKER, ["declare", "--management-url", "ftp://x"], {}, "--management-url must be http(s)://host:port"),
+    (BROKER, ["delete", "--yes", "--management-url", "http://[::1"], {}, "--management-url: malformed URL"),
 ]
 
 

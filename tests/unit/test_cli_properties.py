@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from virtscale import topology
-from virtscale.cli_support import resolve_and_check_amqp_url
+from virtscale.cli_support import resolve_and_check_amqp_urls
 from virtscale.collector import cli as collector_cli
 from virtscale.config import queue_names
 from virtscale.producer import cli as producer_cli
@@ -163,16 +163,16 @@ def scaler_checks(args: argparse.Namespace) -> None:
 
 #: What each command's main() checks after parse_args and before it connects to anything.
 START_UP_CHECKS = {
-    "virtscale-worker": resolve_and_check_amqp_url,
-    "virtscale-collector": resolve_and_check_amqp_url,
+    "virtscale-worker": resolve_and_check_amqp_urls,
+    "virtscale-collector": resolve_and_check_amqp_urls,
     "virtscale-producer": lambda parser, args: (
-        resolve_and_check_amqp_url(parser, args),
+        resolve_and_check_amqp_urls(parser, args),
         producer_cli.pacing_from(parser, args),
     ),
     "virtscale-scaler": lambda _parser, args: scaler_checks(args),
     "virtscale-broker": lambda parser, args: (
         queue_names(args),
-        args.command == "definitions" or resolve_and_check_amqp_url(parser, args),
+        args.command == "definitions" or resolve_and_check_amqp_urls(parser, args),
     ),
 }
 

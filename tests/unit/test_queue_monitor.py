@@ -103,3 +103,16 @@ def test_a_broker_out_of_reach_at_start_is_no_refusal(stub, caplog):
     assert "will keep trying" in caplog.text
     reading = monitor.read()
     assert reading.degraded and not reading.refused and reading.depth is None
+
+
+def test_the_queue_is_read_from_the_next_node_when_one_is_down(stub):
+    down = ManagementStub()
+    down.close()
+    stub.body = queue_body("jobs", ready=7, unacked=2, consuming=("vm-1",))
+    monitor = QueueMonitor(
+        [down.url, stub.url], ("guest", "guest"), "/", "jobs", AMQP_DOWN, clock=FakeClock()
+    )
+    for _ in range(2):
+        reading = monitor.read()
+        assert not reading.degraded and reading.depth == 9
+    assert stub.requests == 2

@@ -165,8 +165,8 @@ def test_help_ends_with_examples(capsys):
         topology.main(["--help"])
     assert exit_.value.code == 0
     lines = capsys.readouterr().out.rstrip().splitlines()
-    assert lines[-4] == "examples:"
-    assert all(line.startswith("  virtscale-broker ") for line in lines[-3:])
+    assert lines[-5] == "examples:"
+    assert all(line.startswith("  virtscale-broker ") for line in lines[-4:])
 
 
 def test_version(capsys):
@@ -185,14 +185,19 @@ class Terminal(io.StringIO):
 
 @pytest.fixture
 def deletions(monkeypatch) -> list:
-    """Calls of delete_topology, which here deletes nothing and reports what the queues held."""
+    """Calls of delete_topology, which here deletes nothing and reports what the queues held, and
+    of delete_policies, which deletes nothing either."""
     calls = []
 
     def delete(url, names, connection_name=None):
         calls.append(names)
         return {names.jobs: 3, names.results: 1, names.dead: None}
 
+    def delete_policies(_api, _vhost, names):
+        calls.append(f"policy of {names.jobs}")
+
     monkeypatch.setattr(topology, "delete_topology", delete)
+    monkeypatch.setattr(topology, "delete_policies", delete_policies)
     return calls
 
 
@@ -200,7 +205,7 @@ def deletions(monkeypatch) -> list:
 def test_delete_on_a_terminal_goes_on_with_the_queue_name_or_yes(typed, monkeypatch, capsys, deletions):
     monkeypatch.setattr(sys, "stdin", Terminal(typed))
     assert topology.main(["delete", "--queue", "licenses"]) == 0
-    assert deletions == [NAMES]
+    assert deletions == [NAMES, "policy of licenses"]
     captured = capsys.readouterr()
     assert "licenses, licenses.hashed, licenses.dead" in captured.err
     assert captured.out.splitlines() == [
@@ -221,7 +226,7 @@ def test_delete_on_a_terminal_deletes_nothing_without_confirmation(typed, monkey
 def test_delete_with_yes_does_not_ask(monkeypatch, capsys, deletions):
     monkeypatch.setattr(sys, "stdin", Terminal(""))
     assert topology.main(["delete", "--queue", "licenses", "--yes"]) == 0
-    assert deletions == [NAMES]
+    assert deletions == [NAMES, "policy of licenses"]
     assert capsys.readouterr().err == ""
 
 

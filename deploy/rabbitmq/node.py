@@ -1,9 +1,16 @@
-"""A RabbitMQ node of make chaos's own (virtscale-chaos@localhost, AMQP 5690, management 15690),
-data and logs under var/chaos/rabbitmq, so that restarting it as a fault never touches the
-node on 5672 that everything else on this machine uses."""
+"""A RabbitMQ node of our own beside the machine's main one (rabbit@localhost on 5672/15672):
+its own node name, AMQP, management and distribution ports, its data, logs and pid file under a
+folder of ours. make chaos runs one (virtscale-chaos@localhost, 5690/15690), make cluster three
+clustered together (5681-5683/15681-15683). The main node is never touched: every rabbitmqctl
+call names its node (-n).
+
+All nodes run as the Debian package's rabbitmq account with its HOME, so they share its Erlang
+cookie (which clustering needs) and the one epmd on 127.0.0.1:4369 that the main node started.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -17,24 +24,28 @@ RABBITMQ_USER = "rabbitmq"
 RABBITMQ_HOME = "/var/lib/rabbitmq"
 #: Seconds the node has to come up (a cold start with the management plugin takes about 10).
 STARTUP_TIMEOUT = 120
+#: The distribution (inter-node) port is the AMQP port plus this, as RabbitMQ's own default
+#: (5672 -> 25672): distinct for every node as long as the AMQP ports are.
+DIST_PORT_OFFSET = 20000
 
 CONFIG = """\
 listeners.tcp.local = 127.0.0.1:{amqp_port}
 management.tcp.ip = 127.0.0.1
 management.tcp.port = {management_port}
-# Queue stats every second (default 5): the harness sees consumers come back sooner.
+# Queue stats every second (default 5): a harness sees consumers and leaders change sooner.
 collect_statistics_interval = 1000
 """
 
 
-class ChaosNode:
+class RabbitNode:
     """Start, stop and restart the node; ask its management API about the queues."""
 
     def __init__(self, base: Path, name: str, amqp_port: int, management_port: int):
-        self.base = base
+        self.base = base.resolve()  # the tools run in RABBITMQ_HOME: a relative path would land there
         self.name = name
         self.amqp_port = amqp_port
         self.management_port = management_port
+        self.dist_port = amqp_port + DIST_PORT_OFFSET
         self.http = requests.Session()
         self.http.auth = ("guest", "guest")
 
@@ -47,7 +58,8 @@ class ChaosNode:
         return f"http://127.0.0.1:{self.management_port}"
 
     def prepare(self, fresh: bool = True) -> None:
-        """Config, plugins (management only) and empty data and log folders, owned by rabbitmq."""
+        """Config, plugins (management only) and data and log folders, owned by rabbitmq; with
+        ``fresh`` the data of an earlier run goes first."""
         if fresh and self.base.exists():
             shutil.rmtree(self.base)
         for folder in ("mnesia", "log"):
@@ -68,15 +80,16 @@ class ChaosNode:
             f"RABBITMQ_CONF_ENV_FILE={self.base / 'rabbitmq-env.conf'}",
             f"RABBITMQ_NODENAME={self.name}",
             f"RABBITMQ_NODE_PORT={self.amqp_port}",
-            f"RABBITMQ_DIST_PORT={self.amqp_port + 20000}",
+            f"RABBITMQ_DIST_PORT={self.dist_port}",
             f"RABBITMQ_CONFIG_FILE={self.base / 'rabbitmq.conf'}",
             f"RABBITMQ_ENABLED_PLUGINS_FILE={self.base / 'enabled_plugins'}",
             f"RABBITMQ_MNESIA_BASE={self.base / 'mnesia'}",
             f"RABBITMQ_LOG_BASE={self.base / 'log'}",
+            f"RABBITMQ_PID_FILE={self.base / 'rabbitmq.pid'}",
             "ERL_FLAGS=-kernel inet_dist_use_interface {127,0,0,1}",
         ]
 
-    def _as_rabbitmq(self, tool: str, *args: str, timeout: float = STARTUP_TIMEOUT + 30) -> None:
+    def _as_rabbitmq(self, tool: str, *args: str, timeout: float = STARTUP_TIMEOUT + 30) -> str:
         command = [
             "runuser",
             "-u",
@@ -86,24 +99,50 @@ class ChaosNode:
             *self._environment(),
             str(RABBITMQ_BIN / tool),
         ]
-        subprocess.run(
-            [*command, *args], check=True, cwd=RABBITMQ_HOME, timeout=timeout, capture_output=True, text=True
-        )
+        try:
+            done = subprocess.run(
+                [*command, *args],
+                check=True,
+                cwd=RABBITMQ_HOME,
+                timeout=timeout,
+                capture_output=True,
+                text=True,
+            )
+        except subprocess.CalledProcessError as exc:
+            said = " ".join((exc.stderr or exc.stdout or "").split())[:300]
+            raise NodeError(f"{self.name}: {tool} {' '.join(args)} failed: {said}") from None
+        except subprocess.TimeoutExpired:
+            raise NodeError(f"{self.name}: {tool} {' '.join(args)} took over {timeout:.0f} s") from None
+        return done.stdout
 
-    def ctl(self, *args: str) -> None:
-        self._as_rabbitmq("rabbitmqctl", "-n", self.name, *args)
+    def ctl(self, *args: str, timeout: float = STARTUP_TIMEOUT + 30) -> str:
+        return self._as_rabbitmq("rabbitmqctl", "-n", self.name, *args, timeout=timeout)
 
     def start(self) -> None:
         """Start detached and wait until the node and its management API answer."""
+        self.launch()
+        self.await_ready()
+
+    def launch(self) -> None:
+        """Start detached, without waiting: nodes of a cluster restarted together wait for each
+        other, so all are launched before any is awaited."""
         self._as_rabbitmq("rabbitmq-server", "-detached")
-        time.sleep(1)  # the detached node needs a moment before await_startup can find it
-        self.ctl("await_startup", "--timeout", str(STARTUP_TIMEOUT))
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.get("/api/overview") is not None:
-                return
+
+    def await_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Wait until the node has booted and its management API answers; NodeError after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        # A node just launched detached needs a moment before await_startup can find it.
+        while not self.running():
+            if time.monotonic() > deadline:
+                raise NodeError(f"{self.name}: did not start within {timeout:.0f} s (see {self.base}/log)")
             time.sleep(1)
-        raise RuntimeError(f"{self.name}: management API did not answer on {self.management_url}")
+        left = max(1, round(deadline - time.monotonic()))
+        self.ctl("await_startup", "--timeout", str(left), timeout=left + 30)
+        while self.get("/api/overview") is None:
+            if time.monotonic() > deadline:
+                raise NodeError(f"{self.name}: management API did not answer on {self.management_url}")
+            time.sleep(1)
 
     def stop(self) -> None:
         self.ctl("stop")
@@ -113,11 +152,25 @@ class ChaosNode:
         self.start()
 
     def running(self) -> bool:
+        """Whether the Erlang node is up (booted or still booting)."""
         try:
-            self.ctl("status")
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            self.ctl("ping", timeout=30)
+        except NodeError:
             return False
         return True
+
+    def cluster_nodes(self) -> list[str]:
+        """The names of every node in this node's cluster, itself included, running or not."""
+        status = json.loads(self.ctl("cluster_status", "--formatter", "json"))
+        return sorted(status.get("disk_nodes", []) + status.get("ram_nodes", []))
+
+    def join(self, other: RabbitNode) -> None:
+        """Make this node a member of ``other``'s cluster (its own data is reset)."""
+        self.ctl("stop_app")
+        self.ctl("reset")
+        self.ctl("join_cluster", other.name)
+        self.ctl("start_app")
+        self.await_ready()
 
     def get(self, path: str) -> dict | list | None:
         """A management API answer, or None if the node did not give one."""
@@ -143,3 +196,7 @@ class ChaosNode:
             c.get("user_provided_name") or (c.get("client_properties") or {}).get("connection_name") or ""
             for c in connections
         ]
+
+
+class NodeError(RuntimeError):
+    """A node did not start, stop or join: the message names the node and what it said."""
