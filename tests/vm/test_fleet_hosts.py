@@ -155,7 +155,10 @@ def test_two_vms_on_each_host_then_a_host_lost_and_back(fleet_pool, broker_url):
         "2 VMs consuming per host",
     )
     created = [a["domain"] for e in run.events for a in e["actions"] if a["action"] == CREATE]
-    assert len(created) == 4 and all(name.startswith(f"{pool}-") for name in created), created
+    # Every VM was created on demand (a boot that timed out on this busy host is replaced by a
+    # fresh domain, so there may be more creations than VMs).
+    assert set(full["domains"]) <= set(created) and len(full["domains"]) == 4, (created, full["domains"])
+    assert all(name.startswith(f"{pool}-") for name in created), created
     assert full["hosts"][SYSTEM]["cap"] == 2
 
     kill_second_host()
@@ -164,13 +167,14 @@ def test_two_vms_on_each_host_then_a_host_lost_and_back(fleet_pool, broker_url):
     )
     assert not lost["degraded"], "a host given up as lost no longer blocks decisions"
     shrunk = run.until(lambda e: "no host has room" in e["reason"], 60, "the pool says why it cannot grow")
-    assert consuming_on(shrunk, SYSTEM) == 2, "the first host stays at its cap"
+    on_system = [d for d in shrunk["domains"].values() if d["host"] == SYSTEM and d["state"] == "running"]
+    assert len(on_system) == 2, "the first host stays at its cap"
     assert not any(a["action"] == CREATE for a in shrunk["actions"])
 
     subprocess.run([str(SECOND_HOST)], check=True, capture_output=True)
     run.until(lambda e: consuming_on(e, second) >= 1, 600, "capacity back on the second host")
     deleted = [a["domain"] for e in run.events for a in e["actions"] if a["action"] == DELETE]
-    assert set(deleted) >= {n for n in created if full["domains"][n]["host"] == second}, (
+    assert set(deleted) >= {n for n, d in full["domains"].items() if d["host"] == second}, (
         "the killed guests are shut off when the host comes back, and deleted"
     )
     run.feeding = False
