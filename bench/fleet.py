@@ -38,7 +38,7 @@ def consuming_after(names: QueueNames, begin, timeout: float = 300.0) -> float:
     while queue_counts(URL, names.jobs, CONNECTION)[1] < 1:
         if time.monotonic() - started > timeout:
             raise RuntimeError("no consumer within the timeout")
-        time.sleep(0.25)
+        time.sleep(0.05)
     return time.monotonic() - started
 
 

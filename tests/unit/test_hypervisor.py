@@ -2,6 +2,7 @@
 every libvirt error mapped to the module's own, and the reconnect backoff on a fake clock."""
 
 import re
+import subprocess
 from pathlib import Path
 
 import libvirt
@@ -154,3 +155,19 @@ def test_a_domain_undefined_between_the_list_and_the_action_fails_that_action():
     hypervisor._connect().lookupByName("vm-4").undefine()
     with pytest.raises(ActionFailed, match=r"start vm-4 on test://.*: Domain not found"):
         hypervisor.start("vm-4")
+
+
+def test_a_restored_guest_gets_the_host_clock_to_the_millisecond_then_its_worker_resumed(tmp_path):
+    """The script a restored guest runs, run here by /bin/sh with stand-ins for date and systemctl
+    that record their arguments (this host has no worker unit, so the systemctl path runs)."""
+    calls = tmp_path / "calls"
+    for tool in ("date", "systemctl"):
+        stand_in = tmp_path / tool
+        stand_in.write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n')
+        stand_in.chmod(0o755)
+    script = hypervisor_module.resume_script(1764195123.4567).replace("/bin/systemctl", "systemctl")
+    subprocess.run(["/bin/sh", "-c", script], env={"PATH": str(tmp_path)}, check=True)
+    assert calls.read_text().splitlines() == [
+        "date -u -s @1764195123.457",
+        f"systemctl kill --signal=SIGUSR2 {hypervisor_module.WORKER_UNIT}",
+    ]
