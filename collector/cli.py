@@ -11,8 +11,8 @@ import socket
 import sys
 
 from virtscale import defaults
-from virtscale.broker import BrokerRefused, BrokerUnavailable, queue_counts
-from virtscale.cli_support import resolve_and_check_amqp_urls
+from virtscale.broker import BrokerRefused, BrokerUnavailable, peek_headers, queue_counts
+from virtscale.cli_support import broker_nodes, resolve_and_check_amqp_urls
 from virtscale.collector.consumer import Collector
 from virtscale.collector.store import Store, StoreError, StoreFailed, StoreMissing, StoreRefused
 from virtscale.collector.store_url import open_store
@@ -25,6 +25,7 @@ from virtscale.config import (
     queue_names,
 )
 from virtscale.naming import connection_name
+from virtscale.publishers import IMPOSTOR_REASON
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,11 @@ def print_stats(store: Store, urls: tuple[str, ...], args: argparse.Namespace) -
     name = connection_name("collector", socket.gethostname(), names.jobs)
     try:
         stats["dead_lettered"] = queue_counts(urls, names.dead, name)[0]
+        reasons = peek_headers(urls, names.dead, defaults.REASON_HEADER, name)
+        stats["impostor_results"] = sum(1 for reason in reasons if str(reason).startswith(IMPOSTOR_REASON))
     except (BrokerUnavailable, BrokerRefused):
         stats["dead_lettered"] = None  # broker unreachable: unknown, not zero
+        stats["impostor_results"] = None
     print(json.dumps(stats, indent=2))
     return 0
 
@@ -151,7 +155,7 @@ def open_checked_store(parser: argparse.ArgumentParser, args: argparse.Namespace
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    urls = resolve_and_check_amqp_urls(parser, args)
+    urls = broker_nodes(resolve_and_check_amqp_urls(parser, args), args)
     configure_logging(args.log_level, args.log_format)
     store = open_checked_store(parser, args)
     if isinstance(store, int):

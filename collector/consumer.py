@@ -34,6 +34,10 @@ from virtscale.collector.store import Store, StoreFailed
 from virtscale.consuming import ConsumerService
 from virtscale.messages import InvalidMessage, Result, parse_result
 from virtscale.naming import QueueNames, collector_consumer_tag, connection_name
+from virtscale.publishers import publisher_problem
+
+#: The dead letter's header naming the account that published a refused result.
+PUBLISHER_HEADER = "x-virtscale-publisher"
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ class Collector(ConsumerService):
         # Written by the writer thread only; read once it has finished.
         self.stored = 0
         self.duplicates = 0
+        #: Results dead-lettered because their publisher may not speak for the worker they name.
+        self.impostors = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.outage = StoreOutage()
         self._fault: BaseException | None = None
@@ -73,7 +79,12 @@ class Collector(ConsumerService):
             self._keep_running("collector")
         finally:
             self._writer.shutdown(wait=True, cancel_futures=True)
-        log.info("collector stopped: %d stored, %d duplicates ignored", self.stored, self.duplicates)
+        log.info(
+            "collector stopped: %d stored, %d duplicates ignored, %d from a publisher not entitled",
+            self.stored,
+            self.duplicates,
+            self.impostors,
+        )
         if self._fault is not None:
             raise self._fault
 
@@ -109,21 +120,33 @@ class Collector(ConsumerService):
         try:
             result = parse_result(body)
         except InvalidMessage as exc:
-            self._unsettled += 1
-            session.dead_letter(
-                self.names.dead,
-                body,
-                str(exc),
-                properties.message_id,
-                lambda ok: self._settle(session, [delivery_tag], ok),
-                delivery_tag=delivery_tag,
-            )
+            self._dead_letter(session, delivery_tag, properties, body, str(exc))
+            return
+        impostor = publisher_problem(result.worker, properties.user_id)
+        if impostor is not None:
+            self.impostors += 1
+            self._dead_letter(session, delivery_tag, properties, body, impostor)
             return
         self._batch.append((delivery_tag, result))
         if len(self._batch) >= self.batch_size:
             self._flush()
         elif self._flush_timer is None:
             self._flush_timer = session.call_later(self.flush_interval, self._flush)
+
+    def _dead_letter(
+        self, session: Session, delivery_tag: int, properties: pika.BasicProperties, body: bytes, reason: str
+    ) -> None:
+        """A result never to store goes to the dead-letter queue with ``reason``, and who sent it."""
+        self._unsettled += 1
+        session.dead_letter(
+            self.names.dead,
+            body,
+            reason,
+            properties.message_id,
+            lambda ok: self._settle(session, [delivery_tag], ok),
+            headers={PUBLISHER_HEADER: properties.user_id or ""},
+            delivery_tag=delivery_tag,
+        )
 
     def _flush(self) -> None:
         """Hand the batch to the writer thread; its deliveries are acked after the commit."""

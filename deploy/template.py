@@ -100,13 +100,16 @@ def build(args: argparse.Namespace) -> template.Template:
         domain_type = probe_domain_type(IMAGE_DIR / "domain-type")
     user_mode = args.network == "user"
     broker = USER_MODE_BROKER if user_mode else args.broker_host
+    scheme, port = ("amqps", args.broker_port or 5671) if args.ca_file else ("amqp", args.broker_port or 5672)
     worker = template.WorkerSettings(
-        amqp_url=f"amqp://{args.user}@{broker}:{args.broker_port}/%2F",
+        amqp_url=f"{scheme}://{args.user}@{broker}:{port}/%2F",
         password_file=str(Path(args.password_file).resolve()),
         queue=args.queue,
         cost=args.cost,
         network="user" if user_mode else "dhcp",
         egress_probe=EGRESS_PROBE if user_mode else (),
+        per_vm_users=not args.shared_user,
+        ca=Path(args.ca_file).read_text() if args.ca_file else "",
     )
     return template.Template(
         pool=args.pool,
@@ -135,9 +138,22 @@ def parser() -> OneLineParser:
         default="192.168.122.1",
         help="the broker's address as the guests see it on a libvirt network",
     )
-    parser.add_argument("--broker-port", type=port_number, default=5672)
-    parser.add_argument("--user", default="worker", help="the guests' broker user")
-    parser.add_argument("--password-file", default="var/secrets/worker")
+    parser.add_argument("--broker-port", type=port_number, help="default: 5671 with --ca-file, else 5672")
+    parser.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="the broker's CA (make broker TLS=1: var/secrets/tls/ca.pem): guests connect with "
+        "amqps:// and verify the broker's certificate against it",
+    )
+    parser.add_argument(
+        "--shared-user",
+        action="store_true",
+        help="every VM logs in as --user with --password-file, instead of a broker user of its own "
+        "made with its domain (which needs the provisioner: the scaler's and vms.py's "
+        "--provisioner-password-file)",
+    )
+    parser.add_argument("--user", default="worker", help="with --shared-user: the guests' broker user")
+    parser.add_argument("--password-file", default="var/secrets/worker", help="with --shared-user")
     parser.add_argument("--queue", type=queue_name, default="licenses")
     parser.add_argument("--cost", type=bcrypt_cost, default=12)
     parser.add_argument("--vcpus", type=int, choices=range(1, 65), default=1, metavar="N")
@@ -148,7 +164,9 @@ def parser() -> OneLineParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.out = args.out or f"var/template/{args.pool}.json"
-    if not os.access(args.password_file, os.R_OK):
+    if args.ca_file and not os.access(args.ca_file, os.R_OK):
+        parser().error(f"--ca-file {args.ca_file}: no such file, or not readable")
+    if args.shared_user and not os.access(args.password_file, os.R_OK):
         parser().error(f"--password-file {args.password_file}: no such file, or not readable")
     made = build(args)
     out = Path(args.out)

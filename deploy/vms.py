@@ -14,12 +14,16 @@ from pathlib import Path
 
 import libvirt
 
-from virtscale.config import OneLineParser
+from virtscale.config import OneLineParser, queue_name
+from virtscale.management import ManagementApi, ManagementError
+from virtscale.naming import QueueNames
 from virtscale.scaler import template
 from virtscale.scaler.hypervisor import read_tag
 from virtscale.scaler.ownership import DEFINED, pool_name
 from virtscale.scaler.provisioning import HostStorage
 from virtscale.scaler.template import TemplateError
+from virtscale.topology_spec import PROVISIONER
+from virtscale.vm_identities import VmIdentities
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
@@ -31,9 +35,19 @@ def lookup(connection: libvirt.virConnect, name: str) -> libvirt.virDomain | Non
         return None
 
 
-def define(connection: libvirt.virConnect, made: template.Template, count: int, prefix: str) -> None:
+def define(
+    connection: libvirt.virConnect,
+    made: template.Template,
+    count: int,
+    prefix: str,
+    identities: VmIdentities | None = None,
+) -> None:
     storage = HostStorage(connection)
-    password = Path(made.worker.password_file).read_text().strip()
+    if made.worker.per_vm_users and identities is None:
+        raise TemplateError(
+            "the template gives each VM its own broker user: give --provisioner-password-file"
+        )
+    shared = "" if made.worker.per_vm_users else Path(made.worker.password_file).read_text().strip()
     for index in range(1, count + 1):
         name = f"{prefix}{index}"
         existing = lookup(connection, name)
@@ -46,18 +60,31 @@ def define(connection: libvirt.virConnect, made: template.Template, count: int, 
                 print(f"vms: {name} is running; left as it is")
                 continue
             storage.delete(name)  # shut off: made again on the current template
-        tag = made.tag(password, DEFINED)
-        storage.create(name, made, tag, template.settings(name, made, password), start=False)
+        tag = made.tag(shared, DEFINED)
+        if identities is None:
+            settings = template.settings(name, made, shared)
+        else:  # a new user and password: the old ones of this name go
+            user, password = identities.create(name)
+            settings = template.settings(name, made, password, user)
+        try:
+            storage.create(name, made, tag, settings, start=False)
+        except BaseException:
+            if identities is not None:
+                identities.remove(name)
+            raise
         print(f"vms: {name} defined ({made.domain_type}, {made.vcpus} vCPU, {made.memory_mib} MiB), shut off")
 
 
-def undefine(connection: libvirt.virConnect, pool: str) -> None:
-    """Every domain of the pool, defined or created on demand, with its volumes."""
+def undefine(connection: libvirt.virConnect, pool: str, identities: VmIdentities | None = None) -> None:
+    """Every domain of the pool, defined or created on demand, with its volumes and its broker
+    user (whose connections are closed)."""
     storage = HostStorage(connection)
     for domain in connection.listAllDomains():
         tag = read_tag(domain)
         if tag is not None and tag.pool == pool:
             storage.delete(domain.name())
+            if identities is not None:
+                identities.remove(domain.name())
             print(f"vms: {domain.name()} removed")
 
 
@@ -71,16 +98,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--template", metavar="FILE", help="define: default var/template/POOL.json")
     parser.add_argument("--prefix", help="define: names are PREFIX1..PREFIXN (default: the template's POOL-)")
+    parser.add_argument(
+        "--provisioner-password-file",
+        metavar="FILE",
+        help="the provisioner's password (var/secrets/provisioner): each VM gets its own broker user",
+    )
+    parser.add_argument("--management-url", metavar="URL", default="http://127.0.0.1:15672")
+    parser.add_argument("--queue", type=queue_name, default="licenses", help="the job queue (VMs' rights)")
+    parser.add_argument("--vhost", default="/")
     args = parser.parse_args(argv)
+    identities = None
+    if args.provisioner_password_file:
+        password = Path(args.provisioner_password_file).read_text().strip()
+        api = ManagementApi(args.management_url, (PROVISIONER, password))
+        identities = VmIdentities(api, QueueNames(args.queue), args.vhost)
     connection = libvirt.open(args.connect)
     try:
         if args.command == "define":
             made = template.load(args.template or f"var/template/{args.pool}.json")
-            define(connection, made, args.count, args.prefix or f"{made.pool}-")
+            define(connection, made, args.count, args.prefix or f"{made.pool}-", identities)
         else:
-            undefine(connection, args.pool)
+            undefine(connection, args.pool, identities)
     except TemplateError as exc:
         parser.exit(2, f"deploy/vms.py: error: {exc}\n")
+    except ManagementError as exc:
+        parser.exit(1, f"deploy/vms.py: error: {exc}\n")
     finally:
         connection.close()
     return 0

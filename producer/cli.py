@@ -13,7 +13,7 @@ import sys
 
 from virtscale import defaults
 from virtscale.broker import BrokerRefused
-from virtscale.cli_support import resolve_and_check_amqp_urls
+from virtscale.cli_support import broker_nodes, resolve_and_check_amqp_urls
 from virtscale.config import (
     OneLineParser,
     add_common_options,
@@ -148,7 +148,7 @@ def delta_setter(producer: Producer):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    urls = resolve_and_check_amqp_urls(parser, args)
+    urls = broker_nodes(resolve_and_check_amqp_urls(parser, args), args)
     rate, duration = pacing_from(parser, args)
     configure_logging(args.log_level, args.log_format)
     producer = Producer(

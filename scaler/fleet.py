@@ -16,6 +16,7 @@ from virtscale.scaler.hypervisor import HostSample
 from virtscale.scaler.ownership import PoolTag
 from virtscale.scaler.placement import SPREAD, HostRoom
 from virtscale.scaler.template import Template, TemplateError
+from virtscale.vm_identities import VmIdentities
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,10 @@ class FleetConfig:
 
 
 class Fleet:
-    def __init__(self, config: FleetConfig):
+    def __init__(self, config: FleetConfig, identities: VmIdentities | None = None):
         self.config = config
+        #: Makes and removes each VM's own broker user (a template with per_vm_users needs it).
+        self.identities = identities
         self._template: Template | None = None
         self._template_stamp: tuple | None = None
         #: Set when a tick loaded a template different from the one before (a refresh is due).
@@ -78,13 +81,33 @@ class Fleet:
         return self._template
 
     def password(self, chosen: Template) -> str:
-        """Read at each use, so a rotated password reaches every domain created from then on."""
+        """The shared password, read at each use, so a rotated one reaches every domain created
+        from then on; "" with a user per VM (each VM's is its own, not the template's)."""
+        if chosen.worker.per_vm_users:
+            return ""
         return Path(chosen.worker.password_file).read_text().strip()
 
     def settings(self, name: str, chosen: Template) -> tuple[bytes, PoolTag]:
-        """The settings volume's content for a new domain and the tag it is created with."""
-        password = self.password(chosen)
-        return template.settings(name, chosen, password), chosen.tag(password)
+        """The settings volume's content for a new domain and the tag it is created with; with a
+        user per VM, that user is made first (release() removes it again). Raises
+        TemplateError when the template wants one but nothing can make it, ManagementError when
+        the broker refuses."""
+        if not chosen.worker.per_vm_users:
+            password = self.password(chosen)
+            return template.settings(name, chosen, password), chosen.tag(password)
+        if self.identities is None:
+            raise TemplateError(
+                f"create {name}: the template gives each VM its own broker user; "
+                "the scaler needs --provisioner-password-file to make it"
+            )
+        user, password = self.identities.create(name)
+        return template.settings(name, chosen, password, user), chosen.tag("")
+
+    def release(self, name: str) -> None:
+        """After ``name``'s domain is deleted or failed to be made: its broker user goes and its
+        connections are closed. Raises ManagementError."""
+        if self.identities is not None:
+            self.identities.remove(name)
 
     def generation(self, chosen: Template) -> str:
         return template.generation(chosen, self.password(chosen))

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from virtscale.management import ManagementError
 from virtscale.scaler.cpu import CpuWindow
 from virtscale.scaler.fleet import Fleet
 from virtscale.scaler.hypervisor import (
@@ -411,7 +412,9 @@ class Scaler:
                 if action.action == DELETE:
                     deleted.add(hypervisor)
                     self._owner.pop(action.domain, None)
-            except (ActionFailed, HypervisorUnavailable, TemplateError, OSError) as exc:
+                    if self.fleet is not None:
+                        self.fleet.release(action.domain)
+            except (ActionFailed, HypervisorUnavailable, TemplateError, ManagementError, OSError) as exc:
                 log.error("%s", exc)
                 report.failed_actions.append(str(exc))
         if self.leadership.still_leads(term):
@@ -473,7 +476,14 @@ class Scaler:
             raise ActionFailed(f"create {name}: no host has room")
         hypervisor = next(h for h in self.hypervisors if h.uri == room.uri)
         settings, tag = self.fleet.settings(name, self._template)
-        hypervisor.create(name, self._template, settings, tag)
+        try:
+            hypervisor.create(name, self._template, settings, tag)
+        except BaseException:
+            try:
+                self.fleet.release(name)  # no domain, so no user either
+            except ManagementError as exc:
+                log.error("%s", exc)
+            raise
         self._owner[name] = hypervisor
 
     def _collect_garbage(self, hosts: set[Hypervisor], report: TickReport) -> None:

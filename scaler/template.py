@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
@@ -45,8 +46,10 @@ class Image:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What the worker in each VM is told (the password is read from password_file when a
-    domain is created, so that it is never in the template itself)."""
+    """What the worker in each VM is told. With ``per_vm_users`` each VM gets a broker user of its
+    own, made with its domain (virtscale/vm_identities.py), whose name replaces the one in
+    ``amqp_url``; else every VM logs in as the URL's user with the password in password_file
+    (read when a domain is created, so that it is never in the template itself)."""
 
     amqp_url: str
     password_file: str
@@ -54,6 +57,9 @@ class WorkerSettings:
     cost: int
     network: str = "user"
     egress_probe: tuple = ()
+    per_vm_users: bool = False
+    #: The CA (PEM) an amqps:// broker's certificate must chain to: public, so kept here.
+    ca: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,14 +114,16 @@ def dump(template: Template) -> str:
     return json.dumps(dataclasses.asdict(template), indent=2, sort_keys=True) + "\n"
 
 
-def settings(name: str, template: Template, password: str) -> bytes:
-    """The JSON the guest reads from its settings disk, zero-padded to SETTINGS_BYTES."""
+def settings(name: str, template: Template, password: str, user: str | None = None) -> bytes:
+    """The JSON the guest reads from its settings disk, zero-padded to SETTINGS_BYTES; ``user``
+    (a VM's own broker user) replaces the one in the template's URL."""
     worker = template.worker
     data = json.dumps(
         {
             "name": name,
-            "amqp_url": worker.amqp_url,
+            "amqp_url": worker.amqp_url if user is None else with_user(worker.amqp_url, user),
             "password": password,
+            "ca": worker.ca,
             "queue": worker.queue,
             "cost": worker.cost,
             "network": "user" if template.network == "user" else "dhcp",
@@ -125,6 +133,13 @@ def settings(name: str, template: Template, password: str) -> bytes:
     if len(data) > SETTINGS_BYTES:
         raise TemplateError(f"settings of {name} are {len(data)} bytes, more than {SETTINGS_BYTES}")
     return data
+
+
+def with_user(url: str, user: str) -> str:
+    """``url`` with ``user`` as its user name (and no password: that goes on its own)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{urllib.parse.quote(user, safe='')}@{host}"))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -62,10 +63,13 @@ class Nodes:
     the node that worked last, and a node that could not be reached, or dropped a session, hands
     over to the one after it. Kept by one client for all its sessions, on one thread at a time."""
 
-    def __init__(self, urls: str | Iterable[str]):
+    def __init__(self, urls: str | Iterable[str], ca_file: str | None = None):
         self.urls = (urls,) if isinstance(urls, str) else tuple(urls)
         if not self.urls:
             raise ValueError("no broker URL")
+        #: The CA certificates that amqps:// nodes' certificates are verified against (None: the
+        #: system's).
+        self.ca_file = ca_file
         self._current = 0
 
     @classmethod
@@ -98,13 +102,19 @@ class Nodes:
 BrokerUrls = str | Iterable[str] | Nodes
 
 
-def connection_parameters(url: str, connection_name: str, heartbeat: int | None = None) -> pika.URLParameters:
+def connection_parameters(
+    url: str, connection_name: str, heartbeat: int | None = None, ca_file: str | None = None
+) -> pika.URLParameters:
     """pika's parameters for ``url``, named ``connection_name`` in the management UI; ``heartbeat``
-    overrides the URL's. Raises BrokerRefused for a URL pika cannot use (a bad port or query option)."""
+    overrides the URL's. An amqps:// URL verifies the broker's certificate and host name against
+    ``ca_file`` (else the system's CAs). Raises BrokerRefused for a URL pika cannot use (a bad
+    port or query option) or a CA file that cannot be read."""
     try:
         params = pika.URLParameters(url)
     except (ValueError, TypeError, SyntaxError) as exc:
         raise BrokerRefused(f"broker URL {redact_url(url)} is not usable: {exc}") from None
+    if url.startswith("amqps:"):
+        params.ssl_options = tls_options(params.host, ca_file)
     if heartbeat is not None:
         params.heartbeat = heartbeat
     elif "heartbeat" not in url:
@@ -115,9 +125,19 @@ def connection_parameters(url: str, connection_name: str, heartbeat: int | None 
     return params
 
 
-def check_url(url: str) -> None:
+def tls_options(host: str, ca_file: str | None) -> pika.SSLOptions:
+    """TLS that verifies the broker: its certificate chains to ``ca_file`` (or a system CA) and
+    names ``host``; pika's own default for amqps:// verifies nothing."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerRefused(f"CA file {ca_file!r} is not usable: {exc}") from None
+    return pika.SSLOptions(context, server_hostname=host)
+
+
+def check_url(url: str, ca_file: str | None = None) -> None:
     """Raise BrokerRefused now, at start-up, for a URL that no connection attempt could use."""
-    connection_parameters(url, "url check")
+    connection_parameters(url, "url check", ca_file=ca_file)
 
 
 def _innermost(exc: BaseException) -> BaseException:
@@ -182,7 +202,7 @@ def _blocking_call(
     failures = []
     for url in nodes.in_order():
         try:
-            result = _blocking_call_on(url, action, connection_name)
+            result = _blocking_call_on(url, action, connection_name, nodes.ca_file)
         except BrokerUnavailable as exc:
             nodes.failed(url)
             failures.append(str(exc))
@@ -196,9 +216,10 @@ def _blocking_call_on(
     url: str,
     action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object],
     connection_name: str,
+    ca_file: str | None = None,
 ):
     try:
-        connection = pika.BlockingConnection(connection_parameters(url, connection_name))
+        connection = pika.BlockingConnection(connection_parameters(url, connection_name, ca_file=ca_file))
     except pika.exceptions.AMQPError as exc:
         raise classify(exc, url) from exc
     try:
@@ -229,9 +250,19 @@ def declare_topology(
                 auto_delete=queue.auto_delete,
                 arguments=dict(queue.arguments),
             )
+        for exchange in topology_spec.exchanges(names):
+            channel.exchange_declare(exchange.name, exchange.type, durable=exchange.durable)
+            for queue in exchange.bound:
+                channel.queue_bind(queue, exchange.name, routing_key=queue)
 
     _blocking_call(urls, declare, connection_name)
-    log.info("topology ready: %s, %s, %s", names.jobs, names.results, names.dead)
+    log.info(
+        "topology ready: %s, %s, %s, exchange %s",
+        names.jobs,
+        names.results,
+        names.dead,
+        names.results_exchange,
+    )
 
 
 def delete_topology(urls: BrokerUrls, names: QueueNames, connection_name: str) -> dict[str, int | None]:
@@ -251,6 +282,8 @@ def delete_topology(urls: BrokerUrls, names: QueueNames, connection_name: str) -
                 channel = channel.connection.channel()  # the broker closed the one it refused
                 continue
             held[queue.name] = channel.queue_delete(queue.name).method.message_count
+        for exchange in topology_spec.exchanges(names):
+            channel.exchange_delete(exchange.name)  # idempotent: one not there is no error
         return held
 
     return _blocking_call(urls, delete, connection_name)
@@ -264,6 +297,27 @@ def queue_counts(urls: BrokerUrls, queue: str, connection_name: str) -> tuple[in
         return frame.method.message_count, frame.method.consumer_count
 
     return _blocking_call(urls, inspect, connection_name)
+
+
+#: Messages at most that `peek_headers` reads from a queue.
+PEEK_LIMIT = 100_000
+
+
+def peek_headers(urls: BrokerUrls, queue: str, header: str, connection_name: str) -> list[object]:
+    """The ``header`` of each message now in ``queue`` (None where absent), read without taking
+    them: none is acked, so the broker puts them all back when the connection closes. At most
+    PEEK_LIMIT messages; needs the right to read ``queue``."""
+
+    def peek(channel) -> list[object]:
+        values = []
+        while len(values) < PEEK_LIMIT:
+            method, properties, _body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            values.append((properties.headers or {}).get(header))
+        return values
+
+    return _blocking_call(urls, peek, connection_name)
 
 
 class Session:
@@ -315,7 +369,7 @@ class Session:
     def _run(self) -> None:
         try:
             self._connection = pika.SelectConnection(
-                connection_parameters(self.url, self._connection_name, self._heartbeat),
+                connection_parameters(self.url, self._connection_name, self._heartbeat, self.nodes.ca_file),
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_connection_closed,
@@ -387,22 +441,27 @@ class Session:
         *,
         message_id: str | None = None,
         headers: dict | None = None,
+        exchange: str = "",
+        user_id: str | None = None,
     ) -> None:
-        """Publish persistently to the default exchange; ``on_confirm(ok)`` runs when the broker
-        confirms (ok) or nacks / returns it as unroutable (not ok), or the session ends (not ok)."""
+        """Publish persistently to ``exchange`` (default: the default exchange); ``on_confirm(ok)``
+        runs when the broker confirms (ok) or nacks / returns it as unroutable (not ok), or the
+        session ends (not ok). ``user_id``, when given, must be the login's user name: the broker
+        checks it, so a consumer can trust it to name who published."""
         # delivery_mode 2 = persistent (pika 1.2, Debian 12's, in the guest, has no enum for it).
         properties = pika.BasicProperties(
             delivery_mode=2,
             content_type="application/json",
             message_id=message_id,
             headers=headers,
+            user_id=user_id,
         )
         seq = self._next_seq
         self._next_seq += 1
         self._pending[seq] = (message_id, on_confirm)
         self._on_channel(
             f"publish of {loggable_id(message_id)}",
-            lambda channel: channel.basic_publish("", routing_key, body, properties, mandatory=True),
+            lambda channel: channel.basic_publish(exchange, routing_key, body, properties, mandatory=True),
         )
 
     def dead_letter(
@@ -415,13 +474,24 @@ class Session:
         headers: dict | None = None,
         *,
         delivery_tag: int | None = None,
+        exchange: str = "",
+        user_id: str | None = None,
     ) -> None:
         """Move a message that can never be processed to the dead-letter ``queue``, its body
         unchanged and ``reason`` in the defaults.REASON_HEADER header (plus ``headers``).
-        ``settle(ok)`` then acks the original (ok: the copy is safe) or requeues it (not ok)."""
+        ``settle(ok)`` then acks the original (ok: the copy is safe) or requeues it (not ok).
+        ``exchange`` and ``user_id`` as for ``publish``."""
         log.warning("dead-lettering message %s: %s", loggable_id(message_id, delivery_tag), reason)
         publish_headers = {defaults.REASON_HEADER: reason, **(headers or {})}
-        self.publish(queue, body, settle, message_id=message_id, headers=publish_headers)
+        self.publish(
+            queue,
+            body,
+            settle,
+            message_id=message_id,
+            headers=publish_headers,
+            exchange=exchange,
+            user_id=user_id,
+        )
 
     def _on_delivery_confirmation(self, frame) -> None:
         method = frame.method
@@ -452,18 +522,27 @@ class Session:
     # -- consuming -------------------------------------------------------------------
 
     def consume(
-        self, queue: str, on_message: OnMessage, consumer_tag: str, *, dead_letter_queue: str | None = None
+        self,
+        queue: str,
+        on_message: OnMessage,
+        consumer_tag: str,
+        *,
+        dead_letter_queue: str | None = None,
+        dead_letter_via: tuple[str, str | None] = ("", None),
     ) -> None:
         """Deliveries from ``queue`` to ``on_message``, under ``consumer_tag`` (which names the
         consumer in the management UI). A delivery ``on_message`` fails on is dead-lettered (to
-        ``dead_letter_queue`` with the reason, else by a nack to the queue's own dead-letter
-        exchange) instead of ending the I/O loop and with it the process."""
+        ``dead_letter_queue`` with the reason, through the exchange and with the user_id of
+        ``dead_letter_via``; else by a nack to the queue's own dead-letter exchange) instead of
+        ending the I/O loop and with it the process."""
 
         def deliver(_channel, method, properties, body) -> None:
             try:
                 on_message(method.delivery_tag, properties, body)
             except Exception as exc:  # the last resort: a bug must not kill the consumer
-                self._delivery_failed(method.delivery_tag, properties, body, exc, dead_letter_queue)
+                self._delivery_failed(
+                    method.delivery_tag, properties, body, exc, dead_letter_queue, dead_letter_via
+                )
 
         def start(channel) -> None:
             self._consumer_tag = channel.basic_consume(queue, deliver, consumer_tag=consumer_tag)
@@ -477,6 +556,7 @@ class Session:
         body: bytes,
         exc: Exception,
         dead_letter_queue: str | None,
+        dead_letter_via: tuple[str, str | None] = ("", None),
     ) -> None:
         """Log the error's type (its text could quote the body) and never redeliver the message."""
         reason = f"internal error: {type(exc).__name__}"
@@ -491,8 +571,16 @@ class Session:
             else:
                 self.nack(delivery_tag, requeue=False)
 
+        exchange, user_id = dead_letter_via
         self.dead_letter(
-            dead_letter_queue, body, reason, properties.message_id, settle, delivery_tag=delivery_tag
+            dead_letter_queue,
+            body,
+            reason,
+            properties.message_id,
+            settle,
+            delivery_tag=delivery_tag,
+            exchange=exchange,
+            user_id=user_id,
         )
 
     def cancel(self, on_cancelled: Callable[[], None]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from virtscale.broker import BrokerRefused, check_url
+from virtscale.broker import BrokerRefused, Nodes, check_url
 from virtscale.config import resolve_amqp_urls
 
 
@@ -17,7 +17,12 @@ def resolve_and_check_amqp_urls(parser: argparse.ArgumentParser, args: argparse.
     urls = resolve_amqp_urls(parser, args)
     for url in urls:
         try:
-            check_url(url)
+            check_url(url, getattr(args, "ca_file", None))
         except BrokerRefused as exc:
             parser.error(f"{' '.join(str(exc).split())} (the flag or VIRTSCALE_AMQP_URL)")
     return urls
+
+
+def broker_nodes(urls: tuple[str, ...], args: argparse.Namespace) -> Nodes:
+    """The checked URLs as the client's Nodes, with --ca-file for its amqps:// connections."""
+    return Nodes(urls, getattr(args, "ca_file", None))

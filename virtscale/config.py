@@ -275,6 +275,13 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         "(env VIRTSCALE_AMQP_PASSWORD_FILE, or the password itself in VIRTSCALE_AMQP_PASSWORD)",
     )
     parser.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        default=os.environ.get("VIRTSCALE_CA_FILE") or None,
+        help="CA certificate(s) (PEM) that an amqps:// broker's certificate must chain to; its host "
+        "name is verified too (env VIRTSCALE_CA_FILE; default: the system's CAs)",
+    )
+    parser.add_argument(
         "--queue",
         type=from_variable(queue_name, "VIRTSCALE_QUEUE"),
         metavar="QUEUE",

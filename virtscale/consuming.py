@@ -73,7 +73,17 @@ class ConsumerService:
             session.stop()
             return
         queue, tag = self._consume_from()
-        session.consume(queue, self._on_delivery, consumer_tag=tag, dead_letter_queue=self.names.dead)
+        session.consume(
+            queue,
+            self._on_delivery,
+            consumer_tag=tag,
+            dead_letter_queue=self.names.dead,
+            dead_letter_via=self._dead_letter_via(),
+        )
+
+    def _dead_letter_via(self) -> tuple[str, str | None]:
+        """The exchange and user_id of this service's dead letters: the default exchange, none."""
+        return "", None
 
     def _stop_when_idle(self) -> None:
         if self.stop_requested.is_set() and self._unsettled == 0:

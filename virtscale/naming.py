@@ -48,9 +48,23 @@ def connection_name(component: str, who: str, queue: str) -> str:
     return f"virtscale-{component} {who} {queue}"
 
 
+#: A pool VM's own broker user is this prefix and its domain name: the collector accepts a result
+#: from such a user only under that name (virtscale/identity.py).
+VM_USER_PREFIX = "worker."
+
+#: The shared account of a worker run on a host (`make worker`), never given to a VM.
+HOST_WORKER_USER = "worker"
+
+
+def vm_user(domain: str) -> str:
+    """The broker user of the pool VM ``domain``."""
+    return f"{VM_USER_PREFIX}{domain}"
+
+
 @dataclass(frozen=True)
 class QueueNames:
-    """Jobs on ``jobs``, results on ``<jobs>.hashed``, dead letters on ``<jobs>.dead``."""
+    """Jobs on ``jobs``, results on ``<jobs>.hashed``, dead letters on ``<jobs>.dead``; workers
+    publish both through the exchange ``<jobs>.results``."""
 
     jobs: str
 
@@ -61,3 +75,9 @@ class QueueNames:
     @property
     def dead(self) -> str:
         return f"{self.jobs}.dead"
+
+    @property
+    def results_exchange(self) -> str:
+        """The exchange workers publish results and dead letters to: it routes to ``results``
+        and ``dead`` and nowhere else, so a worker needs no write right on the default exchange."""
+        return f"{self.jobs}.results"

@@ -18,7 +18,7 @@ import urllib.parse
 
 from virtscale import defaults, topology_spec
 from virtscale.broker import BrokerRefused, BrokerUnavailable, declare_topology, delete_topology
-from virtscale.cli_support import resolve_and_check_amqp_urls
+from virtscale.cli_support import broker_nodes, resolve_and_check_amqp_urls
 from virtscale.config import (
     MAX_DELIVERY_LIMIT,
     OneLineParser,
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     urls = resolve_and_check_amqp_urls(parser, args)
     auth, vhost = broker_identity(urls[0])
+    urls = broker_nodes(urls, args)
     api = ManagementApi(resolve_management_urls(parser, args), auth, verify=args.management_ca or True)
     if args.command == "delete" and not args.yes:
         if not sys.stdin.isatty():

@@ -15,13 +15,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from virtscale import defaults
-from virtscale.naming import LEASE_PREFIX, QueueNames
+from virtscale.naming import HOST_WORKER_USER, LEASE_PREFIX, QueueNames, vm_user
+
+#: The account that makes and removes the pool VMs' own users.
+PROVISIONER = "provisioner"
 
 #: A permission regex that matches no resource at all.
 NOTHING = "^$"
 
-#: Every component publishes to the default exchange (the routing key is the queue name), so
-#: "write" on it is all a publisher needs; it cannot touch any other exchange.
+#: The producer and the collector publish to the default exchange (the routing key is the queue
+#: name), so "write" on it is all they need. It reaches every queue of the vhost: workers, which
+#: run in VMs that may be compromised, get the results exchange instead.
 DEFAULT_EXCHANGE = r"^amq\.default$"
 
 #: Every pool's lease queue (virtscale.naming.lease_queue): a scaler declares the one of its pool,
@@ -40,6 +44,17 @@ class Queue:
     arguments: Mapping[str, object]
     durable: bool = True
     auto_delete: bool = False
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A durable direct exchange and the queues bound to it, each under its own name as the
+    routing key: a publish reaches one of them or none (returned as unroutable)."""
+
+    name: str
+    bound: tuple[str, ...]
+    type: str = "direct"
+    durable: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,11 @@ def queues(names: QueueNames, delivery_limit: int = defaults.DELIVERY_LIMIT) -> 
     )
 
 
+def exchanges(names: QueueNames) -> tuple[Exchange, ...]:
+    """The results exchange: the workers' only way in, to the results and dead-letter queues."""
+    return (Exchange(names.results_exchange, (names.results, names.dead)),)
+
+
 def policies(names: QueueNames) -> tuple[Policy, ...]:
     """The job queue's policy: dead-letter at least once. By default a quorum queue dead-letters
     at most once, so a message dropped at the delivery limit while the dead-letter queue cannot
@@ -116,13 +136,29 @@ def users(names: QueueNames) -> tuple[User, ...]:
     """Each component's account: it may publish and consume what its job needs, declare nothing."""
     return (
         User("producer", write=DEFAULT_EXCHANGE),
-        User("worker", write=DEFAULT_EXCHANGE, read=exactly(names.jobs)),
-        User("collector", write=DEFAULT_EXCHANGE, read=exactly(names.results)),
+        # The shared account of a worker run on a host; pool VMs get their own (vm_user_rights).
+        User(HOST_WORKER_USER, write=exactly(names.results_exchange), read=exactly(names.jobs)),
+        # Reads the dead letters too, without taking them: `stats` counts refused results.
+        User(
+            "collector",
+            write=DEFAULT_EXCHANGE,
+            read=f"^({re.escape(names.results)}|{re.escape(names.dead)})$",
+        ),
         # The scaler watches through the management API (the monitoring tag). Over AMQP it only
         # declares its pool's lease queue and probes whether a lease is held, by a mandatory
         # publish to the default exchange that comes back when the queue is not there.
         User("scaler", configure=LEASES, write=DEFAULT_EXCHANGE, tags=("monitoring",)),
+        # Creates and deletes the pool VMs' own users and closes their connections (management
+        # API only: the administrator tag is the least RabbitMQ has for that); no AMQP rights.
+        User(PROVISIONER, tags=("administrator",)),
     )
+
+
+def vm_user_rights(names: QueueNames, domain: str) -> User:
+    """A pool VM's own account: consume its jobs, publish to the results exchange (so only into
+    the results and dead-letter queues), declare nothing. The collector checks that its results
+    claim its own name (the message's user_id, which the broker validates)."""
+    return User(vm_user(domain), write=exactly(names.results_exchange), read=exactly(names.jobs))
 
 
 def definitions(
@@ -142,6 +178,30 @@ def definitions(
                 "arguments": dict(queue.arguments),
             }
             for queue in queues(names, delivery_limit)
+        ],
+        "exchanges": [
+            {
+                "name": exchange.name,
+                "vhost": vhost,
+                "type": exchange.type,
+                "durable": exchange.durable,
+                "auto_delete": False,
+                "internal": False,
+                "arguments": {},
+            }
+            for exchange in exchanges(names)
+        ],
+        "bindings": [
+            {
+                "source": exchange.name,
+                "vhost": vhost,
+                "destination": queue,
+                "destination_type": "queue",
+                "routing_key": queue,
+                "arguments": {},
+            }
+            for exchange in exchanges(names)
+            for queue in exchange.bound
         ],
         "policies": [
             {

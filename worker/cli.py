@@ -8,10 +8,11 @@ import os
 import signal
 import socket
 import sys
+import urllib.parse
 
 from virtscale import defaults
 from virtscale.broker import BrokerRefused
-from virtscale.cli_support import resolve_and_check_amqp_urls
+from virtscale.cli_support import broker_nodes, resolve_and_check_amqp_urls
 from virtscale.config import (
     OneLineParser,
     add_common_options,
@@ -113,7 +114,7 @@ def build_parser() -> OneLineParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    urls = resolve_and_check_amqp_urls(parser, args)
+    urls = broker_nodes(resolve_and_check_amqp_urls(parser, args), args)
     if args.concurrency * args.prefetch_per_slot > MAX_PREFETCH:
         parser.error(f"--concurrency times --prefetch-per-slot must be at most {MAX_PREFETCH}")
     configure_logging(args.log_level, args.log_format)
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         name=args.name,
         prefetch_per_slot=args.prefetch_per_slot,
+        login=urllib.parse.unquote(urllib.parse.urlsplit(urls.current).username or ""),
     )
 
     def on_signal(signum: int, _frame) -> None:

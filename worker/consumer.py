@@ -36,8 +36,12 @@ class Worker(ConsumerService):
         concurrency: int,
         name: str,
         prefetch_per_slot: int = 1,
+        login: str | None = None,
     ):
         super().__init__(urls, names)
+        #: The broker user name; results and dead letters carry it as their user_id, which the
+        #: broker checks, so that the collector knows who published them.
+        self.login = login or None
         self.cost = cost
         self.concurrency = concurrency
         self.name = name
@@ -122,6 +126,9 @@ class Worker(ConsumerService):
     def _consume_from(self) -> tuple[str, str]:
         return self.names.jobs, worker_consumer_tag(self.name, uuid.uuid4().hex[:8])
 
+    def _dead_letter_via(self) -> tuple[str, str | None]:
+        return self.names.results_exchange, self.login
+
     def _drain(self) -> None:
         """Warm stop: take no new jobs, finish and ack those in hand, exit."""
         log.info("worker %s draining: %d job(s) in hand", self.name, self._unsettled)
@@ -168,6 +175,8 @@ class Worker(ConsumerService):
             result.to_json(),
             lambda ok: self._settle(session, delivery_tag, ok, job.id, dead_lettered=False),
             message_id=job.id,
+            exchange=self.names.results_exchange,
+            user_id=self.login,
         )
 
     def _dead_letter(
@@ -182,6 +191,8 @@ class Worker(ConsumerService):
             lambda ok: self._settle(session, delivery_tag, ok, message_id, dead_lettered=True),
             headers={"x-virtscale-worker": self.name},
             delivery_tag=delivery_tag,
+            exchange=self.names.results_exchange,
+            user_id=self.login,
         )
 
     def _settle(

@@ -6,6 +6,8 @@ a volume the scaler uploads through libvirt's storage API, so the base image is 
 every VM and the broker password is in no domain XML. Writes:
   /run/virtscale/worker.env        name, broker URL (no password), queue, cost
   /run/virtscale/password          the broker password (0600), passed as a systemd credential
+  /run/virtscale-ca/ca.pem         the CA the broker's TLS certificate must chain to, when given
+                                   (public, so readable by the worker's dynamic user)
   /run/virtscale/egress-probe.json the host ports the boot-time egress check tries
   /run/systemd/network/10-virtscale.network   static user-mode address, or DHCP on a bridge
 and loads an nftables ruleset that lets the guest open connections to the broker only.
@@ -24,6 +26,7 @@ SETTINGS_SERIAL = "virtscale-config"
 #: The settings are JSON at the start of the disk, padded with zero bytes.
 SETTINGS_MAX_BYTES = 65536
 RUN = "/run/virtscale"
+CA_DIR = "/run/virtscale-ca"
 
 EGRESS = """flush ruleset
 table inet virtscale {{
@@ -92,6 +95,11 @@ def main() -> int:
         "VIRTSCALE_COST": str(config.get("cost", 12)),
         "VIRTSCALE_LOG_LEVEL": config.get("log_level", "INFO"),
     }
+    if config.get("ca"):
+        os.makedirs(CA_DIR, mode=0o755, exist_ok=True)
+        with open(f"{CA_DIR}/ca.pem", "w", encoding="ascii") as handle:
+            handle.write(config["ca"])
+        env["VIRTSCALE_CA_FILE"] = f"{CA_DIR}/ca.pem"
     with open(f"{RUN}/worker.env", "w", encoding="utf-8") as handle:
         handle.writelines(f"{key}={value}\n" for key, value in env.items())
     descriptor = os.open(f"{RUN}/password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -103,11 +111,12 @@ def main() -> int:
     network = DHCP_NETWORK if config.get("network") == "dhcp" else USER_MODE_NETWORK
     with open("/run/systemd/network/10-virtscale.network", "w", encoding="ascii") as handle:
         handle.write(network)
-    egress = EGRESS.format(host=url.hostname, port=url.port or 5672)
+    port = url.port or (5671 if url.scheme == "amqps" else 5672)
+    egress = EGRESS.format(host=url.hostname, port=port)
     subprocess.run(["nft", "-f", "-"], input=egress, text=True, check=True)
     uptime = time.clock_gettime(time.CLOCK_BOOTTIME)
     print(
-        f"virtscale-config: {config['name']}, egress only to {url.hostname}:{url.port or 5672} "
+        f"virtscale-config: {config['name']}, egress only to {url.hostname}:{port} "
         f"(uptime {started:.1f} -> {uptime:.1f} s)"
     )
     return 0

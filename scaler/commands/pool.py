@@ -17,6 +17,8 @@ from virtscale.config import (
     broker_identity,
     resolve_management_urls,
 )
+from virtscale.management import ManagementApi
+from virtscale.naming import QueueNames
 from virtscale.scaler import placement
 from virtscale.scaler.fleet import Fleet, FleetConfig
 from virtscale.scaler.hypervisor import Hypervisor, HypervisorRefused, HypervisorUnavailable
@@ -24,6 +26,8 @@ from virtscale.scaler.loop import Scaler, TickReport
 from virtscale.scaler.ownership import pool_name
 from virtscale.scaler.policy import Policy
 from virtscale.scaler.queue_monitor import QueueMonitor
+from virtscale.topology_spec import PROVISIONER
+from virtscale.vm_identities import VmIdentities
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,32 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         help="how long a host may be unreachable before its VMs count as lost and are replaced "
         "on the other hosts (default: %(default)g)",
     )
+    group.add_argument(
+        "--provisioner-password-file",
+        metavar="FILE",
+        default=os.environ.get("VIRTSCALE_PROVISIONER_PASSWORD_FILE"),
+        help="password of the broker's provisioner user (make broker: var/secrets/provisioner): "
+        "with it each VM the scaler creates gets its own broker user, removed with the domain; a "
+        "template made for that needs it (env VIRTSCALE_PROVISIONER_PASSWORD_FILE)",
+    )
     add_management_options(group)
+
+
+def vm_identities(parser: argparse.ArgumentParser, args: argparse.Namespace) -> VmIdentities | None:
+    """The VMs' broker users' maker, with --provisioner-password-file; else None."""
+    path = args.provisioner_password_file
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            password = handle.read().strip()
+    except OSError as exc:
+        parser.error(f"--provisioner-password-file {path!r} cannot be read: {exc.strerror or exc}")
+    _auth, vhost = broker_identity(resolve_and_check_amqp_urls(parser, args)[0])
+    api = ManagementApi(
+        resolve_management_urls(parser, args), (PROVISIONER, password), verify=args.management_ca or True
+    )
+    return VmIdentities(api, QueueNames(args.queue), vhost)
 
 
 def queue_monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> QueueMonitor:
@@ -104,7 +133,7 @@ def fleet_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Fle
     if template is not None and not os.access(template, os.R_OK):
         parser.error(f"--template {template}: no such file, or not readable (make template)")
     config = FleetConfig(args.pool, template, host_max, per_uri, args.placement, args.host_grace)
-    return Fleet(config)
+    return Fleet(config, vm_identities(parser, args))
 
 
 def connect_hypervisors(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Hypervisor]:

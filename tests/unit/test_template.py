@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.deploy_scripts import load as load_deploy_script
 from virtscale.scaler import ownership, template
+from virtscale.scaler.fleet import Fleet, FleetConfig
 from virtscale.scaler.template import (
     KERNEL_CMDLINE,
     SETTINGS_BYTES,
@@ -145,7 +146,31 @@ def test_settings_hold_what_the_guest_needs_and_fit_the_settings_volume(tmp_path
         "cost": 10,
         "network": "user",
         "egress_probe": [["10.0.2.2", 5672], ["10.0.2.2", 15672]],
+        "ca": "",
     }
+
+
+def test_a_vm_of_its_own_user_logs_in_as_that_user_over_tls_with_the_templates_ca(tmp_path):
+    original = made(tmp_path)
+    tls = dataclasses.replace(
+        original,
+        worker=dataclasses.replace(
+            original.worker, amqp_url="amqps://worker@10.0.2.2:5671/%2F", per_vm_users=True, ca="PEM"
+        ),
+    )
+    data = json.loads(template.settings("vm-3", tls, "its-own", user="worker.vm-3"))
+    assert data["amqp_url"] == "amqps://worker.vm-3@10.0.2.2:5671/%2F"
+    assert (data["password"], data["ca"]) == ("its-own", "PEM")
+
+
+def test_a_template_of_per_vm_users_has_no_shared_password_in_its_generation(tmp_path):
+    original = made(tmp_path)
+    per_vm = dataclasses.replace(original, worker=dataclasses.replace(original.worker, per_vm_users=True))
+    (tmp_path / "password").write_text("shared\n")
+    assert Fleet(FleetConfig("vm")).password(per_vm) == ""
+    assert Fleet(FleetConfig("vm")).password(original) == "shared"
+    with pytest.raises(TemplateError, match="provisioner"):
+        Fleet(FleetConfig("vm")).settings("vm-3", per_vm)
 
 
 def test_settings_on_a_libvirt_network_ask_for_dhcp(tmp_path):
@@ -263,4 +288,11 @@ def test_make_template_writes_a_template_the_scaler_loads(deploy_template, tmp_p
     assert loaded.worker.amqp_url == "amqp://worker@10.0.2.2:5672/%2F" and loaded.worker.cost == 10
     assert loaded.worker.password_file == str(password)
     assert PASSWORD not in out.read_text()
+    assert loaded.worker.per_vm_users and not loaded.worker.ca
     assert f"image {loaded.image.id}" in capsys.readouterr().out
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert deploy_template.main([*argv, "--ca-file", str(ca), "--shared-user"]) == 0
+    loaded = template.load(out)
+    assert loaded.worker.amqp_url == "amqps://worker@10.0.2.2:5671/%2F"
+    assert loaded.worker.ca == ca.read_text() and not loaded.worker.per_vm_users

@@ -53,10 +53,39 @@ def test_each_user_has_exactly_its_rights():
     }
     assert rights == {
         "producer": ("^$", r"^amq\.default$", "^$", ()),
-        "worker": ("^$", r"^amq\.default$", "^licenses$", ()),
-        "collector": ("^$", r"^amq\.default$", r"^licenses\.hashed$", ()),
+        "worker": ("^$", r"^licenses\.results$", "^licenses$", ()),
+        "collector": ("^$", r"^amq\.default$", r"^(licenses\.hashed|licenses\.dead)$", ()),
         "scaler": (r"^virtscale\.scaler\.lease/.+$", r"^amq\.default$", "^$", ("monitoring",)),
+        "provisioner": ("^$", "^$", "^$", ("administrator",)),
     }
+
+
+def test_a_vm_may_consume_its_jobs_and_publish_to_the_results_exchange_only():
+    vm = topology_spec.vm_user_rights(NAMES, "vm-3")
+    assert vm.name == "worker.vm-3" and vm.tags == ()
+    assert [
+        bool(re.search(vm.write, name)) for name in ("licenses.results", "amq.default", "licenses", "")
+    ] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert [bool(re.search(vm.read, name)) for name in ("licenses", "licenses.hashed", "licenses.dead")] == [
+        True,
+        False,
+        False,
+    ]
+    assert not re.search(vm.configure, "licenses") and not re.search(vm.configure, "anything")
+
+
+def test_the_results_exchange_routes_to_the_results_and_dead_letter_queues_only():
+    (exchange,) = topology_spec.exchanges(NAMES)
+    assert (exchange.name, exchange.type, exchange.bound) == (
+        "licenses.results",
+        "direct",
+        ("licenses.hashed", "licenses.dead"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -84,6 +113,7 @@ def test_the_scaler_may_declare_lease_queues_and_nothing_else(resource, allowed)
         ("worker", "licenses.hashed", False),
         ("worker", "licenses.dead", False),
         ("collector", "licenses.hashed", True),
+        ("collector", "licenses.dead", True),
         ("collector", "licensesXhashed", False),
         ("collector", "licenses", False),
         ("producer", "licenses", False),
@@ -121,9 +151,14 @@ def test_definitions_hold_the_queues_users_and_permissions_of_the_topology():
         "user": "worker",
         "vhost": "/v",
         "configure": "^$",
-        "write": r"^amq\.default$",
+        "write": r"^licenses\.results$",
         "read": "^licenses$",
     }
+    assert document["exchanges"][0]["name"] == "licenses.results"
+    assert [(b["source"], b["destination"], b["routing_key"]) for b in document["bindings"]] == [
+        ("licenses.results", "licenses.hashed", "licenses.hashed"),
+        ("licenses.results", "licenses.dead", "licenses.dead"),
+    ]
     assert all(item["vhost"] == "/v" for item in document["queues"] + document["permissions"])
 
 
@@ -265,9 +300,14 @@ def test_broker_accounts_grants_each_user_its_rights_from_the_topology(tmp_path,
     grants = {url.rsplit("/", 1)[1]: body for url, body in http.puts if "/permissions/%2F/" in url}
     assert grants == {
         "producer": {"configure": "^$", "write": r"^amq\.default$", "read": "^$"},
-        "worker": {"configure": "^$", "write": r"^amq\.default$", "read": "^licenses$"},
-        "collector": {"configure": "^$", "write": r"^amq\.default$", "read": r"^licenses\.hashed$"},
+        "worker": {"configure": "^$", "write": r"^licenses\.results$", "read": "^licenses$"},
+        "collector": {
+            "configure": "^$",
+            "write": r"^amq\.default$",
+            "read": r"^(licenses\.hashed|licenses\.dead)$",
+        },
         "scaler": {"configure": r"^virtscale\.scaler\.lease/.+$", "write": r"^amq\.default$", "read": "^$"},
+        "provisioner": {"configure": "^$", "write": "^$", "read": "^$"},
     }
     users = {url.rsplit("/", 1)[1]: body for url, body in http.puts if "/users/" in url}
     assert {name: body["tags"] for name, body in users.items()} == {
@@ -275,6 +315,7 @@ def test_broker_accounts_grants_each_user_its_rights_from_the_topology(tmp_path,
         "worker": "",
         "collector": "",
         "scaler": "monitoring",
+        "provisioner": "administrator",
     }
     assert users["worker"]["password"] == (tmp_path / "worker").read_text().strip()
 
