@@ -117,13 +117,16 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 def publish_raw(url: str, queue: str, bodies: list[bytes]) -> None:
-    """Publish bodies as they are (confirmed), bypassing the producer: bad input, known ids."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    """Publish bodies as they are (confirmed), bypassing the producer: bad input, known ids. They
+    carry the login as user_id, as a worker's results do."""
+    parameters = pika.URLParameters(url)
+    connection = pika.BlockingConnection(parameters)
     try:
         channel = connection.channel()
         channel.confirm_delivery()
+        properties = pika.BasicProperties(delivery_mode=2, user_id=parameters.credentials.username)
         for body in bodies:
-            channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+            channel.basic_publish("", queue, body, properties)
     finally:
         connection.close()
 
