@@ -9,6 +9,8 @@ BROKER_HOST ?= 127.0.0.1:5672
 SECRETS := var/secrets
 # Each component connects as its own least-privilege user; the password comes from a file.
 # BROKER_HOST may name several nodes of a cluster: BROKER_HOST="127.0.0.1:5681 127.0.0.1:5682".
+# The VMs' own broker users are made and removed with the provisioner's password, when there is one.
+provisioner = $(if $(wildcard $(SECRETS)/provisioner),--provisioner-password-file $(SECRETS)/provisioner)
 as = $(foreach host,$(BROKER_HOST),--amqp-url amqp://$(1)@$(host)/%2F) --password-file $(SECRETS)/$(1) --queue $(QUEUE)
 
 .PHONY: setup broker postgres image template vms unvms tag host-b producer worker collector stats scaler status demo test test-unit cloud-init \
@@ -29,8 +31,13 @@ BROKER ?= 192.168.122.1
 setup:
 	@deploy/setup.sh
 
+# make broker TLS=1: also a TLS listener on 5671 with a CA of its own (var/secrets/tls/ca.pem);
+# PLAINTEXT=none closes the plaintext listener too (deploy/broker_tls.py).
+TLS ?=
+PLAINTEXT ?= keep
 broker: setup
 	@$(BIN)/python deploy/broker_accounts.py --queue $(QUEUE) --secrets-dir $(SECRETS)
+	@if [ -n "$(TLS)" ]; then $(BIN)/python deploy/broker_tls.py --secrets-dir $(SECRETS) --plaintext $(PLAINTEXT); fi
 	@$(BIN)/virtscale-broker declare --queue $(QUEUE)
 
 # make postgres: PostgreSQL running, the collector's role and database made when missing, the
@@ -42,14 +49,16 @@ image: setup
 	@deploy/image/build.sh
 
 # The pool's template (var/template/$(POOL).json): what every new pool VM is made of.
+# Each VM gets a broker user of its own; with TLS=1 guests connect with amqps:// and the CA.
 template: broker image
 	@$(BIN)/python deploy/template.py --pool $(POOL) --queue $(QUEUE) --cost $(COST) --vcpus $(VCPUS) \
 		--memory $(MEMORY) --domain-type $(DOMAIN_TYPE) --network $(NETWORK) --broker-host $(BROKER) \
-		--password-file $(SECRETS)/worker
+		$(if $(TLS),--ca-file $(SECRETS)/tls/ca.pem)
 
 # N VMs of the pool, defined shut off from the template (the scaler also creates more on demand).
 vms: template
-	@$(BIN)/python deploy/vms.py define --pool $(POOL) --count $(N) --connect $(CONNECT)
+	@$(BIN)/python deploy/vms.py define --pool $(POOL) --count $(N) --connect $(CONNECT) --queue $(QUEUE) \
+		--provisioner-password-file $(SECRETS)/provisioner
 
 # Tag domains you made yourself as members of the pool: make tag DOMAINS="my-vm-1 my-vm-2".
 tag: setup
@@ -66,9 +75,9 @@ cloud-init: broker
 	@echo "cloud-init user-data: var/cloud-init/$(NAME).yaml"
 
 unvms: setup
-	@$(BIN)/python deploy/vms.py undefine --pool $(POOL) --connect $(CONNECT)
+	@$(BIN)/python deploy/vms.py undefine --pool $(POOL) --connect $(CONNECT) $(provisioner)
 	@if [ -S "$$(deploy/second_host.sh --socket)" ]; then \
-		$(BIN)/python deploy/vms.py undefine --pool $(POOL) --connect "$$(deploy/second_host.sh --uri)"; fi
+		$(BIN)/python deploy/vms.py undefine --pool $(POOL) --connect "$$(deploy/second_host.sh --uri)" $(provisioner); fi
 
 producer: broker
 	$(BIN)/virtscale-producer $(call as,producer) $(ARGS)
@@ -80,7 +89,7 @@ collector: broker
 	$(BIN)/virtscale-collector run $(call as,collector) $(ARGS)
 
 scaler: broker
-	$(BIN)/virtscale-scaler run $(call as,scaler) $(ARGS)
+	$(BIN)/virtscale-scaler run $(call as,scaler) $(provisioner) $(ARGS)
 
 status: broker
 	@$(BIN)/virtscale-scaler status $(call as,scaler) $(ARGS)

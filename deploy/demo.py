@@ -93,6 +93,9 @@ def scaler_command(vms: int, events_path: Path, hosts: list[str]) -> list[str]:
         str(BIN / "virtscale-scaler"),
         "run",
         *credentials("scaler"),
+        # Each VM the scaler creates gets its own broker user (make template's default).
+        "--provisioner-password-file",
+        str(ROOT / "var" / "secrets" / "provisioner"),
         *SCALER_FLAGS,
         *(flag for uri in hosts for flag in ("--connect", uri)),
         "--max",

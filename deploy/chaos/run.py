@@ -118,7 +118,17 @@ class Harness:
         secret, wrong = OUT / "guest-password", OUT / "wrong-password"
         secret.write_text("guest\n")
         wrong.write_text("not-the-password\n")
-        common = ["--pool", POOL, "--queue", QUEUE, "--cost", str(self.args.cost), "--user", "guest"]
+        common = [
+            "--pool",
+            POOL,
+            "--queue",
+            QUEUE,
+            "--cost",
+            str(self.args.cost),
+            "--user",
+            "guest",
+            "--shared-user",
+        ]
         common += ["--broker-port", str(self.proxies["workers"].port), "--domain-type", self.args.domain_type]
         subprocess.run(vms_command("undefine", "--pool", POOL), capture_output=True, check=False)
         for prefix, count, password in ((PREFIX, self.args.vms, secret), (BROKEN_PREFIX, 1, wrong)):

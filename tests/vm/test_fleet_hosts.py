@@ -74,6 +74,7 @@ def fleet_pool(broker_url, tmp_path, processes):
                 str(COST),
                 "--user",
                 "guest",
+                "--shared-user",
                 "--password-file",
                 str(password),
             ),

@@ -40,7 +40,17 @@ def two_guests(broker_url, tmp_path):
     subprocess.run(
         [
             *(sys.executable, str(ROOT / "deploy/template.py"), "--pool", pool, "--out", str(template)),
-            *("--queue", names.jobs, "--cost", "6", "--user", "guest", "--password-file", str(password)),
+            *(
+                "--queue",
+                names.jobs,
+                "--cost",
+                "6",
+                "--user",
+                "guest",
+                "--shared-user",
+                "--password-file",
+                str(password),
+            ),
         ],
         check=True,
         cwd=ROOT,

@@ -66,7 +66,7 @@ def vm_queue(broker_url, tmp_path_factory):
     subprocess.run(
         [
             *(sys.executable, str(ROOT / "deploy/template.py"), "--pool", POOL, "--out", str(template)),
-            *("--queue", names.jobs, "--cost", str(COST), "--user", "guest"),
+            *("--queue", names.jobs, "--cost", str(COST), "--user", "guest", "--shared-user"),
             *("--password-file", str(password)),
         ],
         check=True,

@@ -53,6 +53,7 @@ def test_a_restored_vm_consumes_within_seconds_with_its_clock_put_right(broker_u
         str(COST),
         "--user",
         "guest",
+        "--shared-user",
         "--password-file",
         str(password),
     ]
