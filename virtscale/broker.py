@@ -183,6 +183,11 @@ def classify(exc: BaseException, url: str, after_ready: bool = False) -> Excepti
         return BrokerUnavailable(
             f"broker at {where} unavailable: connection lost while connecting", after_ready
         )
+    if isinstance(inner, ssl.SSLCertVerificationError):
+        return BrokerRefused(
+            f"broker at {where} is not trusted: {inner.verify_message}; give the CA that signed its "
+            "certificate (--ca-file), or connect by a name the certificate holds"
+        )
     if isinstance(inner, probable | pika.exceptions.AuthenticationError):
         return BrokerRefused(f"broker at {where} refused the credentials or the vhost: {describe(inner)}")
     reply_code = getattr(inner, "reply_code", None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 import uuid
+from pathlib import Path
 
 import pika
 import pika.exceptions
@@ -17,8 +18,10 @@ from tests.conftest import (
     MANAGEMENT_URL,
     drain_queue,
     known_jobs,
+    port_open,
     publish_raw,
     queue_depth,
+    require,
     run_module,
     stored_ids,
     wait_until,
@@ -220,3 +223,48 @@ def test_a_removed_vms_connection_is_closed_and_its_credentials_refused_at_once(
         ).status_code
         == 404
     )
+
+
+# -- TLS (make broker TLS=1) ----------------------------------------------------------------------
+
+CA_FILE = Path(__file__).resolve().parents[2] / "var" / "secrets" / "tls" / "ca.pem"
+
+
+@pytest.fixture
+def tls(broker_url) -> Path:
+    require(port_open("127.0.0.1", 5671) and CA_FILE.exists(), "RabbitMQ's TLS listener (make broker TLS=1)")
+    return CA_FILE
+
+
+def test_a_vm_worker_over_tls_verifies_the_broker_and_its_results_are_stored(
+    tls, identities, names, processes, tmp_path, broker_url
+):
+    domain, user, password = identities.create_for_test()
+    (tmp_path / "password").write_text(password)
+    ids, bodies = known_jobs(5, seed=4, produced_at=1.0)
+    publish_raw(broker_url, names.jobs, bodies)
+    worker_url = f"amqps://{urllib.parse.quote(user, safe='')}@127.0.0.1:5671/%2F"
+    argv = ["--amqp-url", worker_url, "--password-file", str(tmp_path / "password"), "--queue", names.jobs]
+    untrusting = run_module("virtscale.worker", *argv, "--name", domain, timeout=60)
+    assert untrusting.returncode == 1
+    assert "not trusted" in untrusting.stderr and "--ca-file" in untrusting.stderr
+    processes.start("virtscale.worker", *argv, "--ca-file", str(tls), "--cost", "4", "--name", domain)
+    db = tmp_path / "hashes.db"
+    processes.start(
+        "virtscale.collector",
+        "run",
+        "--amqp-url",
+        broker_url,
+        "--queue",
+        names.jobs,
+        "--store",
+        f"sqlite:///{db}",
+    )
+    wait_until(lambda: set(stored_ids(db)) == ids, 90, "every job hashed over TLS and stored")
+    api = ManagementApi(MANAGEMENT_URL, ("guest", "guest"))
+
+    def over_tls() -> bool:
+        connections = api.get("/api/connections?columns=user,ssl").json()
+        return any(entry.get("user") == user and entry.get("ssl") is True for entry in connections)
+
+    wait_until(over_tls, 30, "the worker's connection listed as TLS")
