@@ -4,7 +4,7 @@ not assertions). make bench-policy runs the policy lab (`python -m bench policy`
 import argparse
 import sys
 
-from bench import collector, fleet, pipeline, policy, scaler_tick, warm
+from bench import collector, fleet, pipeline, policy, scaler_tick, tls, warm
 
 BENCHMARKS = {
     "worker": pipeline.worker_efficiency,
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "policy": policy.run,
     "fleet": fleet.run,
     "warm": warm.run,
+    "tls": tls.run,
 }
 
 

@@ -14,7 +14,7 @@ import bcrypt
 import pika
 
 from virtscale import defaults
-from virtscale.broker import declare_topology, delete_topology
+from virtscale.broker import BrokerUrls, declare_topology, delete_topology
 from virtscale.naming import QueueNames
 from virtscale.producer.licenses import LicenseGenerator
 from virtscale.producer.publisher import Producer
@@ -43,7 +43,7 @@ def raw_bcrypt_rate(cost: int, jobs: int, slots: int) -> float:
         return jobs / (time.perf_counter() - started)
 
 
-def pipeline_rate(cost: int, jobs: int, slots: int, extra: list[str]) -> float:
+def pipeline_rate(cost: int, jobs: int, slots: int, extra: list[str], worker_url: str = URL) -> float:
     """Hashes per second of a real worker process, from the hashed_at of its results
     (start-up excluded): jobs are queued first, then the worker drains them."""
     names = QueueNames(f"bench-{uuid.uuid4().hex[:8]}")
@@ -62,7 +62,7 @@ def pipeline_rate(cost: int, jobs: int, slots: int, extra: list[str]) -> float:
                 "-m",
                 "virtscale.worker",
                 "--amqp-url",
-                URL,
+                worker_url,
                 "--queue",
                 names.jobs,
                 "--cost",
@@ -124,8 +124,8 @@ def bare_publish_rate(names: QueueNames, count: int) -> float:
     return count / elapsed
 
 
-def confirmed_publish_rate(names: QueueNames, count: int) -> float:
-    producer = Producer(URL, names, LicenseGenerator(4), rate=None, count=count, progress_interval=1e9)
+def confirmed_publish_rate(names: QueueNames, count: int, urls: BrokerUrls = URL) -> float:
+    producer = Producer(urls, names, LicenseGenerator(4), rate=None, count=count, progress_interval=1e9)
     started = time.perf_counter()
     report = producer.run()
     elapsed = time.perf_counter() - started
