@@ -30,6 +30,8 @@ from virtscale import defaults
 from virtscale.management import ManagementApi
 from virtscale.messages import Result
 from virtscale.publishers import IMPOSTOR_REASON
+from virtscale.scaler import template
+from virtscale.scaler.fleet import Fleet, FleetConfig
 from virtscale.vm_identities import VmIdentities
 
 pytestmark = pytest.mark.broker
@@ -268,3 +270,28 @@ def test_a_vm_worker_over_tls_verifies_the_broker_and_its_results_are_stored(
         return any(entry.get("user") == user and entry.get("ssl") is True for entry in connections)
 
     wait_until(over_tls, 30, "the worker's connection listed as TLS")
+
+
+# -- the fleet (the scaler's side) ----------------------------------------------------------------
+
+
+def test_the_fleet_makes_a_vms_user_for_its_settings_and_removes_it_on_release(identities, names):
+    worker = template.WorkerSettings(
+        amqp_url="amqp://worker@127.0.0.1:5672/%2F",
+        password_file="",
+        queue=names.jobs,
+        cost=4,
+        per_vm_users=True,
+    )
+    image = template.Image("0123456789abcdef", "/rootfs.qcow2", 2**30, "/vmlinuz", "/initrd")
+    fleet = Fleet(FleetConfig("vm"), identities)
+    domain = f"idtest-{uuid.uuid4().hex[:8]}"
+    settings, tag = fleet.settings(domain, template.Template(pool="vm", image=image, worker=worker))
+    given = json.loads(settings)
+    assert given["amqp_url"] == f"amqp://worker.{domain}@127.0.0.1:5672/%2F"
+    connection, _channel = channel_of(f"worker.{domain}", given["password"])
+    connection.close()
+    assert given["password"] not in tag.metadata_xml()
+    fleet.release(domain)
+    with pytest.raises(pika.exceptions.AMQPError):
+        channel_of(f"worker.{domain}", given["password"])
