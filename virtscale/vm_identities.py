@@ -77,12 +77,6 @@ class VmIdentities:
             )
         return len(names)
 
-    def existing(self) -> set[str]:
-        """The domains that have a user now (for tidying users whose domain is gone)."""
-        response = self._read("/api/users", "listing broker users")
-        prefix = vm_user("")
-        return {entry["name"][len(prefix) :] for entry in response.json() if entry["name"].startswith(prefix)}
-
     def _read(self, path: str, what: str) -> requests.Response:
         try:
             response = self.api.get(path)

@@ -94,8 +94,9 @@ def test_the_verdict(demo, events, elapsed, producer_finished, scaler_exited, ex
 
 def test_the_scaler_runs_with_the_demo_settings(demo, tmp_path):
     command = demo.scaler_command(3, tmp_path / "events.jsonl", ["qemu:///system", "qemu:///session"])
-    flags = command[command.index("--password-file") + 2 :]
+    flags = command[command.index("--provisioner-password-file") + 2 :]
     assert command[1] == "run"
+    assert command[command.index("--provisioner-password-file") + 1].endswith("var/secrets/provisioner")
     assert " ".join(flags) == (
         "--pool vm --min 1 --interval 2 --target-backlog 40 "
         "--max-start-per-tick 1 --scale-up-cooldown 25 --scale-down-stabilization 30 --boot-timeout 150 "
