@@ -1,0 +1,194 @@
+"""The worker against the real RabbitMQ, run in this process: what it stores is the bcrypt of each
+job's license, and a job is acked only once the broker has confirmed its result (or its dead
+letter). A queue at its length limit with overflow reject-publish makes the broker refuse a
+publish (a nack): the worker must then give the job back, never ack it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import bcrypt
+import pika
+import pytest
+
+from tests.conftest import (
+    TEST_CONNECTION,
+    drain_queue,
+    known_jobs,
+    publish_raw,
+    queue_depth,
+    wait_until,
+)
+from virtscale import defaults
+from virtscale.broker import Session, declare_topology, delete_topology, queue_counts
+from virtscale.naming import QueueNames
+from virtscale.worker.consumer import Worker
+
+pytestmark = pytest.mark.broker
+
+#: The delivery limit the `names` fixture declares the job queue with.
+DELIVERY_LIMIT = 5
+
+
+@pytest.fixture
+def acks(monkeypatch) -> list[int]:
+    """Every delivery tag acked, as it is acked."""
+    acked: list[int] = []
+    ack = Session.ack
+
+    def counted(session, delivery_tag: int) -> None:
+        acked.append(delivery_tag)
+        ack(session, delivery_tag)
+
+    monkeypatch.setattr(Session, "ack", counted)
+    return acked
+
+
+class WorkerThread:
+    """A worker run in this process; ``delivered`` holds the body of every delivery it took."""
+
+    def __init__(self, url, names, cost=4, concurrency=2):
+        self.worker = Worker(url, names, cost=cost, concurrency=concurrency, name="w-in-process")
+        self.delivered: list[bytes] = []
+        on_delivery = self.worker._on_delivery
+
+        def counted(delivery_tag, properties, body) -> None:
+            self.delivered.append(body)
+            on_delivery(delivery_tag, properties, body)
+
+        self.worker._on_delivery = counted
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:
+            self.failure = exc
+
+    def stop(self) -> None:
+        self.worker.request_stop()
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the worker stopped"
+        assert self.failure is None, self.failure
+
+
+def limit_queue(url: str, queue: str, length: int, fill: int = 0) -> None:
+    """Declare ``queue`` anew, refusing publishes (a broker nack) once it holds ``length``."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.queue_delete(queue)
+        channel.queue_declare(
+            queue, durable=True, arguments={"x-max-length": length, "x-overflow": "reject-publish"}
+        )
+    finally:
+        connection.close()
+    publish_raw(url, queue, [b"filler"] * fill)
+
+
+def licenses_by_id(bodies: list[bytes]) -> dict[str, str]:
+    return {job["id"]: job["license"] for job in map(json.loads, bodies)}
+
+
+def test_each_hash_is_the_bcrypt_of_its_job_s_license(broker_url, names, acks):
+    ids, bodies = known_jobs(12, seed=21, produced_at=1.0)
+    publish_raw(broker_url, names.jobs, bodies)
+    thread = WorkerThread(broker_url, names)
+    try:
+        wait_until(lambda: queue_depth(broker_url, names.results) == 12, 60, "12 results")
+        wait_until(lambda: len(acks) == 12, 60, "12 jobs acked")
+    finally:
+        thread.stop()
+    licenses = licenses_by_id(bodies)
+    results = [json.loads(body) for _properties, body in drain_queue(broker_url, names.results)]
+    assert sorted(result["id"] for result in results) == sorted(ids)
+    for result in results:
+        assert result["hash"].startswith("$2b$04$"), result["hash"]
+        assert bcrypt.checkpw(licenses[result["id"]].encode(), result["hash"].encode()), result["id"]
+        assert not bcrypt.checkpw(b"another license", result["hash"].encode())
+        assert result["worker"] == "w-in-process" and result["produced_at"] == 1.0
+        assert result["hashed_at"] > result["produced_at"] and result["hash_ms"] > 0
+    assert thread.worker.hashed == 12 and thread.worker.dead_lettered == 0
+    assert queue_depth(broker_url, names.jobs) == 0
+
+
+def test_a_job_whose_result_the_broker_refuses_is_given_back_never_acked(broker_url, names, acks, caplog):
+    """A result queue that takes 3: the other jobs' results are nacked by the broker, so those jobs
+    go back to their queue, again and again, until the delivery limit dead-letters them."""
+    limit_queue(broker_url, names.results, 3)
+    _ids, bodies = known_jobs(10, seed=22, produced_at=1.0)
+    publish_raw(broker_url, names.jobs, bodies)
+    thread = WorkerThread(broker_url, names)
+    try:
+        wait_until(lambda: queue_depth(broker_url, names.dead) == 7, 60, "7 jobs past the delivery limit")
+        wait_until(lambda: queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 0, 30, "none left")
+    finally:
+        thread.stop()
+    assert len(acks) == 3, "only the jobs whose result was confirmed are acked"
+    assert thread.worker.hashed == 3
+    results = {json.loads(body)["id"] for _properties, body in drain_queue(broker_url, names.results)}
+    dead = drain_queue(broker_url, names.dead)
+    assert {properties.headers["x-first-death-reason"] for properties, _body in dead} == {"delivery_limit"}
+    assert not results & {json.loads(body)["id"] for _properties, body in dead}
+    assert len(results | {json.loads(body)["id"] for _p, body in dead}) == 10, "every job accounted for"
+    refused = [r for r in caplog.records if "result not confirmed; job requeued" in r.getMessage()]
+    assert len(refused) == 7 * (DELIVERY_LIMIT + 1), "each refused job tried at every delivery"
+
+
+@pytest.fixture
+def patient_names(broker_url):
+    """Queues like ``names`` but with a delivery limit a refused job never reaches in a test."""
+    queue_names = QueueNames(f"test-{uuid.uuid4().hex[:10]}")
+    declare_topology(broker_url, queue_names, 100_000, TEST_CONNECTION)
+    yield queue_names
+    delete_topology(broker_url, queue_names, TEST_CONNECTION)
+
+
+def test_a_malformed_job_is_acked_only_once_its_dead_letter_is_confirmed(
+    broker_url, patient_names, acks, caplog
+):
+    names = patient_names
+    limit_queue(broker_url, names.dead, 1, fill=1)  # full: the broker refuses the dead letter
+    publish_raw(broker_url, names.jobs, [b"not a job"])
+    thread = WorkerThread(broker_url, names)
+    try:
+        wait_until(
+            lambda: [r for r in caplog.records if "dead letter not confirmed" in r.getMessage()],
+            60,
+            "a refused dead letter",
+        )
+        assert acks == [] and thread.worker.dead_lettered == 0, "not acked while its dead letter is refused"
+        drain_queue(broker_url, names.dead)  # room for it now
+        wait_until(lambda: acks, 60, "the job acked")
+    finally:
+        thread.stop()
+    dead = drain_queue(broker_url, names.dead)
+    bodies = [body for _properties, body in dead]
+    assert b"not a job" in bodies
+    [(properties, _body)] = [(p, b) for p, b in dead if b == b"not a job"]
+    assert properties.headers[defaults.REASON_HEADER] == "body is not JSON"
+    assert properties.headers["x-virtscale-worker"] == "w-in-process"
+    assert properties.message_id is None
+    assert thread.worker.dead_lettered == 1 and thread.worker.hashed == 0
+    assert len(acks) == 1
+    assert queue_depth(broker_url, names.jobs) == 0
+
+
+def test_a_stop_finishes_and_acks_the_jobs_in_hand_and_takes_no_more(broker_url, names, acks):
+    # cost 10: each hash takes long enough that the stop finds jobs in hand.
+    _ids, bodies = known_jobs(20, seed=23, produced_at=1.0)
+    publish_raw(broker_url, names.jobs, bodies)
+    thread = WorkerThread(broker_url, names, cost=10, concurrency=2)
+    wait_until(lambda: thread.worker.hashed >= 1, 60, "the first job hashed")
+    thread.stop()
+    delivered = {json.loads(body)["id"] for body in thread.delivered}
+    results = {json.loads(body)["id"] for _properties, body in drain_queue(broker_url, names.results)}
+    assert len(thread.delivered) == len(delivered), "no job delivered twice"
+    assert results == delivered, "every job it took, hashed; none given back"
+    assert len(acks) == len(delivered) == thread.worker.hashed
+    assert len(delivered) < 20, "the stop came too late to test anything"
+    assert queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 20 - len(delivered)
