@@ -6,6 +6,7 @@ publish (a nack): the worker must then give the job back, never ack it."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 
@@ -22,8 +23,7 @@ from tests.conftest import (
     wait_until,
 )
 from virtscale import defaults
-from virtscale.broker import Session, declare_topology, delete_topology, queue_counts
-from virtscale.naming import QueueNames
+from virtscale.broker import Session, queue_counts
 from virtscale.worker.consumer import Worker
 
 pytestmark = pytest.mark.broker
@@ -71,6 +71,9 @@ class WorkerThread:
 
     def stop(self) -> None:
         self.worker.request_stop()
+        self.join()
+
+    def join(self) -> None:
         self._thread.join(60)
         assert not self._thread.is_alive(), "the worker stopped"
         assert self.failure is None, self.failure
@@ -90,11 +93,12 @@ def limit_queue(url: str, queue: str, length: int, fill: int = 0) -> None:
     publish_raw(url, queue, [b"filler"] * fill)
 
 
-def take_one(url: str, queue: str) -> None:
+def publish_with_id(url: str, queue: str, body: bytes, message_id: str) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
-        method, _properties, body = connection.channel().basic_get(queue, auto_ack=True)
-        assert method is not None and body == b"filler", body
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2, message_id=message_id))
     finally:
         connection.close()
 
@@ -148,40 +152,41 @@ def test_a_job_whose_result_the_broker_refuses_is_given_back_never_acked(broker_
     assert len(refused) == 7 * (DELIVERY_LIMIT + 1), "each refused job tried at every delivery"
 
 
-@pytest.fixture
-def patient_names(broker_url):
-    """Queues like ``names`` but with a delivery limit a refused job never reaches in a test."""
-    queue_names = QueueNames(f"test-{uuid.uuid4().hex[:10]}")
-    declare_topology(broker_url, queue_names, 100_000, TEST_CONNECTION)
-    yield queue_names
-    delete_topology(broker_url, queue_names, TEST_CONNECTION)
-
-
-def test_a_malformed_job_is_acked_only_once_its_dead_letter_is_confirmed(
-    broker_url, patient_names, acks, caplog
-):
-    names = patient_names
-    limit_queue(broker_url, names.dead, 1, fill=1)  # full: the broker refuses the dead letter
-    publish_raw(broker_url, names.jobs, [b"not a job"])
+def test_a_malformed_job_is_not_acked_while_its_dead_letter_is_refused(broker_url, names, acks, caplog):
+    """The dead-letter queue full: every dead letter the worker sends is nacked by the broker, so
+    the job goes back to its queue each time, until the broker's own delivery limit takes it."""
+    limit_queue(broker_url, names.dead, 1, fill=1)
+    message_id = str(uuid.uuid4())
+    publish_with_id(broker_url, names.jobs, b"not a job", message_id)
     thread = WorkerThread(broker_url, names)
+
+    def refusals() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "dead letter not confirmed" in r.getMessage()]
+
     try:
-        wait_until(
-            lambda: [r for r in caplog.records if "dead letter not confirmed" in r.getMessage()],
-            60,
-            "a refused dead letter",
-        )
-        assert acks == [] and thread.worker.dead_lettered == 0, "not acked while its dead letter is refused"
-        take_one(broker_url, names.dead)  # the filler: room for the dead letter now
-        wait_until(lambda: acks, 60, "the job acked")
+        wait_until(lambda: len(refusals()) == DELIVERY_LIMIT + 1, 30, "a refusal at every delivery")
+        wait_until(lambda: queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 0, 30, "none ready")
     finally:
         thread.stop()
-    dead = drain_queue(broker_url, names.dead)
-    bodies = [body for _properties, body in dead]
-    assert b"not a job" in bodies
-    [(properties, _body)] = [(p, b) for p, b in dead if b == b"not a job"]
+    assert acks == [] and thread.worker.dead_lettered == 0, "never acked: its dead letter was refused"
+    assert set(refusals()) == {f"job {message_id}: dead letter not confirmed; job requeued"}
+    said = [r.getMessage() for r in caplog.records]
+    assert f"dead-lettering message {message_id}: body is not JSON" in said
+
+
+def test_a_malformed_job_is_dead_lettered_with_its_reason_and_id_then_acked(broker_url, names, acks):
+    message_id = str(uuid.uuid4())
+    publish_with_id(broker_url, names.jobs, b"not a job", message_id)
+    thread = WorkerThread(broker_url, names)
+    try:
+        wait_until(lambda: acks, 30, "the job acked")
+    finally:
+        thread.stop()
+    [(properties, body)] = drain_queue(broker_url, names.dead)
+    assert body == b"not a job"
     assert properties.headers[defaults.REASON_HEADER] == "body is not JSON"
     assert properties.headers["x-virtscale-worker"] == "w-in-process"
-    assert properties.message_id is None
+    assert properties.message_id == message_id, "the dead letter keeps the job's message id"
     assert thread.worker.dead_lettered == 1 and thread.worker.hashed == 0
     assert len(acks) == 1
     assert queue_depth(broker_url, names.jobs) == 0
@@ -201,3 +206,43 @@ def test_a_stop_finishes_and_acks_the_jobs_in_hand_and_takes_no_more(broker_url,
     assert len(acks) == len(delivered) == thread.worker.hashed
     assert len(delivered) < 20, "the stop came too late to test anything"
     assert queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 20 - len(delivered)
+
+
+def consumers(url: str, queue: str) -> int:
+    return queue_counts(url, queue, TEST_CONNECTION)[1]
+
+
+def test_a_parked_worker_holds_nothing_takes_nothing_resumes_and_ends_parked(broker_url, names, acks):
+    thread = WorkerThread(broker_url, names)
+    worker = thread.worker
+    wait_until(lambda: consumers(broker_url, names.jobs) == 1, 30, "the worker consuming")
+    assert not worker.stop_parked(), "not parked yet"
+    worker.request_park()
+    wait_until(lambda: consumers(broker_url, names.jobs) == 0, 30, "the parked worker off the queue")
+    _ids, bodies = known_jobs(5, seed=26, produced_at=1.0)
+    publish_raw(broker_url, names.jobs, bodies)
+    wait_until(lambda: queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 5, 30, "5 jobs waiting")
+    assert worker.hashed == 0 and thread.delivered == [], "a parked worker takes nothing"
+    worker.request_resume()
+    wait_until(lambda: len(acks) == 5, 30, "the 5 jobs hashed after the resume")
+    assert worker.hashed == 5 and not worker.parking
+    worker.request_park()
+    wait_until(lambda: consumers(broker_url, names.jobs) == 0, 30, "parked again")
+    assert worker.stop_parked(), "it was parked"
+    thread.join()
+    assert queue_depth(broker_url, names.results) == 5
+
+
+def test_a_dead_letter_without_a_usable_id_is_logged_by_its_delivery_tag(broker_url, names, acks, caplog):
+    publish_raw(broker_url, names.jobs, [b"not a job"])
+    thread = WorkerThread(broker_url, names)
+    try:
+        wait_until(lambda: acks, 30, "the job dead-lettered and acked")
+    finally:
+        thread.stop()
+    assert re.fullmatch(
+        r"dead-lettering message #\d+: body is not JSON",
+        next(r.getMessage() for r in caplog.records if "dead-lettering" in r.getMessage()),
+    )
+    [(properties, body)] = drain_queue(broker_url, names.dead)
+    assert body == b"not a job" and properties.message_id is None

@@ -190,12 +190,21 @@ def mutate(args: argparse.Namespace) -> int:
         print(f"mutmut failed (exit {run.returncode}); the end of {log_path}:", file=sys.stderr)
         print("\n".join(log_path.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
         return 1
+    print(f"mutmut ran for {(time.monotonic() - started) / 60:.1f} min")
+    return score(args)
+
+
+def score(_args: argparse.Namespace | None = None) -> int:
+    """The score of the mutants mutmut has run in var/mutate, as they stand: after `mutate`, or
+    after runs of `mutmut run PATTERN` there, one module at a time (each run redoes only the
+    mutants it names)."""
+    paths = mutmut_setting("only_mutate")
+    patterns = mutant_patterns(paths)
     verdicts = read_verdicts(paths, patterns)
     survivors = {name for name, status in verdicts.status.items() if status not in KILLED}
     excused, problems = equivalent_mutants(survivors)
     for problem in problems:
         print(f"{EQUIVALENT.relative_to(ROOT)} {problem}")
-    print(f"mutmut ran for {(time.monotonic() - started) / 60:.1f} min")
     killed, counted = report(verdicts, excused)
     print(f"mutation score: {killed}/{counted} killed ({100 * killed / max(counted, 1):.1f}%)")
     return 0
@@ -231,14 +240,14 @@ def coverage(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__)
-    parser.add_argument("command", choices=["mutate", "coverage"])
+    parser.add_argument("command", choices=["mutate", "coverage", "score"])
     parser.add_argument(
         "--reuse",
         action="store_true",
         help="keep var/mutate as it is (and mutmut's results for unchanged code)",
     )
     args = parser.parse_args(argv)
-    return mutate(args) if args.command == "mutate" else coverage(args)
+    return {"mutate": mutate, "coverage": coverage, "score": score}[args.command](args)
 
 
 if __name__ == "__main__":
