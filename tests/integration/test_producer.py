@@ -21,6 +21,9 @@ from virtscale.producer.publisher import Producer, ProducerReport
 
 pytestmark = pytest.mark.broker
 
+#: Seconds a step may take before the test fails: each takes a second or two when all is well.
+PATIENCE = 10
+
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
@@ -45,7 +48,7 @@ class ProducerThread:
         return not self._thread.is_alive()
 
     def join(self) -> ProducerReport:
-        self._thread.join(60)
+        self._thread.join(PATIENCE)
         assert self.report is not None, "the producer ended"
         return self.report
 
@@ -86,7 +89,7 @@ def test_a_job_a_full_queue_refuses_is_published_again_until_it_gets_in(broker_u
         taken.extend(ids_in(broker_url, names.jobs))
         return thread.done()
 
-    wait_until(all_in, 60, "the producer done")
+    wait_until(all_in, PATIENCE, "the producer done")
     taken.extend(ids_in(broker_url, names.jobs))
     report = thread.join()
     assert (report.generated, report.confirmed, report.unconfirmed) == (15, 15, 0)
@@ -98,9 +101,9 @@ def test_a_job_a_full_queue_refuses_is_published_again_until_it_gets_in(broker_u
 def test_a_job_returned_as_unroutable_is_published_again(broker_url, names, caplog):
     # Paced, so that the queue is gone while jobs are still to be published.
     thread = ProducerThread(broker_url, names, count=30, rate=lambda _t: 30.0)
-    wait_until(lambda: thread.producer.report.confirmed >= 3, 30, "the first jobs in")
+    wait_until(lambda: thread.producer.report.confirmed >= 3, PATIENCE, "the first jobs in")
     delete(broker_url, names.jobs)
-    wait_until(lambda: republished_ids(caplog), 30, "a returned job")
+    wait_until(lambda: republished_ids(caplog), PATIENCE, "a returned job")
     declare(broker_url, names.jobs)
     report = thread.join()
     taken = ids_in(broker_url, names.jobs)
@@ -114,7 +117,7 @@ def test_jobs_lost_with_the_connection_are_published_again(broker_url, names):
     proxy = CuttableProxy(("127.0.0.1", 5672))
     try:
         thread = ProducerThread(proxy.url(), names, count=40, rate=lambda _t: 40.0)
-        wait_until(lambda: thread.producer.report.confirmed >= 5, 30, "the first jobs in")
+        wait_until(lambda: thread.producer.report.confirmed >= 5, PATIENCE, "the first jobs in")
         proxy.cut()
         proxy.restore()
         report = thread.join()

@@ -28,6 +28,9 @@ from virtscale.worker.consumer import Worker
 
 pytestmark = pytest.mark.broker
 
+#: Seconds a step may take before the test fails: each takes a second or two when all is well.
+PATIENCE = 10
+
 #: The delivery limit the `names` fixture declares the job queue with.
 DELIVERY_LIMIT = 5
 
@@ -74,7 +77,7 @@ class WorkerThread:
         self.join()
 
     def join(self) -> None:
-        self._thread.join(60)
+        self._thread.join(PATIENCE)
         assert not self._thread.is_alive(), "the worker stopped"
         assert self.failure is None, self.failure
 
@@ -112,8 +115,8 @@ def test_each_hash_is_the_bcrypt_of_its_job_s_license(broker_url, names, acks):
     publish_raw(broker_url, names.jobs, bodies)
     thread = WorkerThread(broker_url, names)
     try:
-        wait_until(lambda: queue_depth(broker_url, names.results) == 12, 60, "12 results")
-        wait_until(lambda: len(acks) == 12, 60, "12 jobs acked")
+        wait_until(lambda: queue_depth(broker_url, names.results) == 12, PATIENCE, "12 results")
+        wait_until(lambda: len(acks) == 12, PATIENCE, "12 jobs acked")
     finally:
         thread.stop()
     licenses = licenses_by_id(bodies)
@@ -137,8 +140,12 @@ def test_a_job_whose_result_the_broker_refuses_is_given_back_never_acked(broker_
     publish_raw(broker_url, names.jobs, bodies)
     thread = WorkerThread(broker_url, names)
     try:
-        wait_until(lambda: queue_depth(broker_url, names.dead) == 7, 60, "7 jobs past the delivery limit")
-        wait_until(lambda: queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 0, 30, "none left")
+        wait_until(
+            lambda: queue_depth(broker_url, names.dead) == 7, PATIENCE, "7 jobs past the delivery limit"
+        )
+        wait_until(
+            lambda: queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 0, PATIENCE, "none left"
+        )
     finally:
         thread.stop()
     assert len(acks) == 3, "only the jobs whose result was confirmed are acked"
@@ -164,8 +171,10 @@ def test_a_malformed_job_is_not_acked_while_its_dead_letter_is_refused(broker_ur
         return [r.getMessage() for r in caplog.records if "dead letter not confirmed" in r.getMessage()]
 
     try:
-        wait_until(lambda: len(refusals()) == DELIVERY_LIMIT + 1, 30, "a refusal at every delivery")
-        wait_until(lambda: queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 0, 30, "none ready")
+        wait_until(lambda: len(refusals()) == DELIVERY_LIMIT + 1, PATIENCE, "a refusal at every delivery")
+        wait_until(
+            lambda: queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 0, PATIENCE, "none ready"
+        )
     finally:
         thread.stop()
     assert acks == [] and thread.worker.dead_lettered == 0, "never acked: its dead letter was refused"
@@ -179,7 +188,7 @@ def test_a_malformed_job_is_dead_lettered_with_its_reason_and_id_then_acked(brok
     publish_with_id(broker_url, names.jobs, b"not a job", message_id)
     thread = WorkerThread(broker_url, names)
     try:
-        wait_until(lambda: acks, 30, "the job acked")
+        wait_until(lambda: acks, PATIENCE, "the job acked")
     finally:
         thread.stop()
     [(properties, body)] = drain_queue(broker_url, names.dead)
@@ -197,7 +206,7 @@ def test_a_stop_finishes_and_acks_the_jobs_in_hand_and_takes_no_more(broker_url,
     _ids, bodies = known_jobs(20, seed=23, produced_at=1.0)
     publish_raw(broker_url, names.jobs, bodies)
     thread = WorkerThread(broker_url, names, cost=10, concurrency=2)
-    wait_until(lambda: thread.worker.hashed >= 1, 60, "the first job hashed")
+    wait_until(lambda: thread.worker.hashed >= 1, PATIENCE, "the first job hashed")
     thread.stop()
     delivered = {json.loads(body)["id"] for body in thread.delivered}
     results = {json.loads(body)["id"] for _properties, body in drain_queue(broker_url, names.results)}
@@ -215,19 +224,21 @@ def consumers(url: str, queue: str) -> int:
 def test_a_parked_worker_holds_nothing_takes_nothing_resumes_and_ends_parked(broker_url, names, acks):
     thread = WorkerThread(broker_url, names)
     worker = thread.worker
-    wait_until(lambda: consumers(broker_url, names.jobs) == 1, 30, "the worker consuming")
+    wait_until(lambda: consumers(broker_url, names.jobs) == 1, PATIENCE, "the worker consuming")
     assert not worker.stop_parked(), "not parked yet"
     worker.request_park()
-    wait_until(lambda: consumers(broker_url, names.jobs) == 0, 30, "the parked worker off the queue")
+    wait_until(lambda: consumers(broker_url, names.jobs) == 0, PATIENCE, "the parked worker off the queue")
     _ids, bodies = known_jobs(5, seed=26, produced_at=1.0)
     publish_raw(broker_url, names.jobs, bodies)
-    wait_until(lambda: queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 5, 30, "5 jobs waiting")
+    wait_until(
+        lambda: queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 5, PATIENCE, "5 jobs waiting"
+    )
     assert worker.hashed == 0 and thread.delivered == [], "a parked worker takes nothing"
     worker.request_resume()
-    wait_until(lambda: len(acks) == 5, 30, "the 5 jobs hashed after the resume")
+    wait_until(lambda: len(acks) == 5, PATIENCE, "the 5 jobs hashed after the resume")
     assert worker.hashed == 5 and not worker.parking
     worker.request_park()
-    wait_until(lambda: consumers(broker_url, names.jobs) == 0, 30, "parked again")
+    wait_until(lambda: consumers(broker_url, names.jobs) == 0, PATIENCE, "parked again")
     assert worker.stop_parked(), "it was parked"
     thread.join()
     assert queue_depth(broker_url, names.results) == 5
@@ -237,7 +248,7 @@ def test_a_dead_letter_without_a_usable_id_is_logged_by_its_delivery_tag(broker_
     publish_raw(broker_url, names.jobs, [b"not a job"])
     thread = WorkerThread(broker_url, names)
     try:
-        wait_until(lambda: acks, 30, "the job dead-lettered and acked")
+        wait_until(lambda: acks, PATIENCE, "the job dead-lettered and acked")
     finally:
         thread.stop()
     assert re.fullmatch(
