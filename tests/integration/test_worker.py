@@ -24,6 +24,7 @@ from tests.conftest import (
 )
 from virtscale import defaults
 from virtscale.broker import Session, queue_counts
+from virtscale.worker import consumer as consumer_module
 from virtscale.worker.consumer import Worker
 
 pytestmark = pytest.mark.broker
@@ -257,3 +258,32 @@ def test_a_dead_letter_without_a_usable_id_is_logged_by_its_delivery_tag(broker_
     )
     [(properties, body)] = drain_queue(broker_url, names.dead)
     assert body == b"not a job" and properties.message_id is None
+
+
+def test_a_job_bcrypt_refuses_is_dead_lettered_as_it_was(broker_url, names, acks, monkeypatch, caplog):
+    """An injected failure: bcrypt raising on a job that passed validation. It is never retried."""
+    ids, bodies = known_jobs(3, seed=27, produced_at=1.0)
+    doomed = json.loads(bodies[1])
+    hash_license = consumer_module.hash_license
+
+    def refusing(license_number: str, cost: int):
+        if license_number == doomed["license"]:
+            raise ValueError("injected")
+        return hash_license(license_number, cost)
+
+    monkeypatch.setattr(consumer_module, "hash_license", refusing)
+    publish_raw(broker_url, names.jobs, bodies)
+    thread = WorkerThread(broker_url, names)
+    try:
+        wait_until(lambda: len(acks) == 3, PATIENCE, "the 3 jobs acked")
+    finally:
+        thread.stop()
+    [(properties, body)] = drain_queue(broker_url, names.dead)
+    assert json.loads(body) == doomed, "the job as it was"
+    assert properties.headers[defaults.REASON_HEADER] == "hashing failed: ValueError"
+    assert properties.headers["x-virtscale-worker"] == "w-in-process"
+    assert properties.message_id == doomed["id"]
+    assert f"job {doomed['id']}: hashing failed: ValueError" in [r.getMessage() for r in caplog.records]
+    results = {json.loads(body)["id"] for _properties, body in drain_queue(broker_url, names.results)}
+    assert results == ids - {doomed["id"]}
+    assert thread.worker.hashed == 2 and thread.worker.dead_lettered == 1
