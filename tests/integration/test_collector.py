@@ -1,0 +1,122 @@
+"""The collector against the real RabbitMQ, run in this process: a result is acked once its batch
+is committed, or once its dead letter is confirmed; a copy of a stored result is counted and
+acked, not stored again; a store that fails by a fault of ours stops the collector with nothing
+of the batch acked."""
+
+from __future__ import annotations
+
+import uuid
+
+import pika
+import pytest
+
+from tests.conftest import TEST_CONNECTION, drain_queue, publish_raw, queue_depth, stored_ids, wait_until
+from tests.integration.test_pipeline import CollectorThread, result_body
+from virtscale import defaults
+from virtscale.broker import Session, queue_counts
+from virtscale.collector.sqlite_store import SQLiteStore
+
+pytestmark = pytest.mark.broker
+
+#: Seconds a step may take before the test fails: each takes a second or two when all is well.
+PATIENCE = 10
+
+
+@pytest.fixture
+def acks(monkeypatch) -> list[int]:
+    acked: list[int] = []
+    ack = Session.ack
+
+    def counted(session, delivery_tag: int) -> None:
+        acked.append(delivery_tag)
+        ack(session, delivery_tag)
+
+    monkeypatch.setattr(Session, "ack", counted)
+    return acked
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "hashes.db"
+    opened = SQLiteStore(f"sqlite:///{path}")
+    yield path, opened
+    opened.close()
+
+
+def consuming(broker_url, names) -> None:
+    wait_until(
+        lambda: queue_counts(broker_url, names.results, TEST_CONNECTION)[1] == 1, PATIENCE, "consuming"
+    )
+
+
+def test_a_copy_of_a_stored_result_is_counted_acked_and_not_stored_again(
+    broker_url, names, store, acks, caplog
+):
+    caplog.set_level("INFO", logger="virtscale.collector")
+    path, sqlite = store
+    thread = CollectorThread(broker_url, names, sqlite, batch_size=3, flush_interval=0.05)
+    collector = thread.collector
+    try:
+        consuming(broker_url, names)
+        ids = [str(uuid.uuid4()) for _ in range(4)]
+        publish_raw(broker_url, names.results, [result_body(job_id) for job_id in [*ids, ids[0], ids[2]]])
+        wait_until(lambda: len(acks) == 6, PATIENCE, "all 6 acked")
+    finally:
+        thread.stop()
+    assert sorted(stored_ids(path)) == sorted(ids)
+    assert (collector.stored, collector.duplicates) == (4, 2), "6 received: 4 stored, 2 copies ignored"
+    assert sqlite.stats()["duplicates_ignored"] == 2
+    assert "collector stopped: 4 stored, 2 duplicates ignored" in [r.getMessage() for r in caplog.records]
+    assert queue_depth(broker_url, names.results) == 0
+
+
+def test_a_malformed_result_is_dead_lettered_with_its_id_and_acked_once_confirmed(
+    broker_url, names, store, acks
+):
+    path, sqlite = store
+    thread = CollectorThread(broker_url, names, sqlite)
+    message_id = str(uuid.uuid4())
+    try:
+        consuming(broker_url, names)
+        connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.basic_publish(
+                "", names.results, b"not a result", pika.BasicProperties(message_id=message_id)
+            )
+        finally:
+            connection.close()
+        good = str(uuid.uuid4())
+        publish_raw(broker_url, names.results, [result_body(good)])
+        wait_until(lambda: len(acks) == 2, PATIENCE, "both acked")
+    finally:
+        thread.stop()
+    [(properties, body)] = drain_queue(broker_url, names.dead)
+    assert body == b"not a result" and properties.message_id == message_id
+    assert properties.headers[defaults.REASON_HEADER] == "body is not JSON"
+    assert stored_ids(path) == [good]
+    assert queue_depth(broker_url, names.results) == 0
+
+
+class FaultyStore(SQLiteStore):
+    """A store whose insert fails by a fault that is not the store's state (an injected bug)."""
+
+    def insert(self, results, stored_at):
+        raise RuntimeError("injected")
+
+
+def test_a_write_that_fails_by_a_fault_of_ours_stops_the_collector_with_nothing_acked(
+    broker_url, names, tmp_path, acks
+):
+    faulty = FaultyStore(f"sqlite:///{tmp_path / 'hashes.db'}")
+    thread = CollectorThread(broker_url, names, faulty)
+    try:
+        consuming(broker_url, names)
+        publish_raw(broker_url, names.results, [result_body() for _ in range(5)])
+        thread.join()
+    finally:
+        faulty.close()
+    assert isinstance(thread.failure, RuntimeError) and str(thread.failure) == "injected"
+    assert acks == []
+    wait_until(lambda: queue_depth(broker_url, names.results) == 5, PATIENCE, "all 5 back in the queue")
