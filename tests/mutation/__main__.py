@@ -48,6 +48,10 @@ ONLY_FUNCTIONS = {
     "virtscale/config.py": ("scrub_licenses", "redact_url", "_TextFormatter.format", "_JsonFormatter.format"),
 }
 
+#: Mutants tested at once: the broker tests spend most of their time waiting on the broker, so
+#: more of them than there are cores keep the cores busy.
+MAX_CHILDREN = 6
+
 #: mutmut's verdicts that count as killed: a test failed, or the tests hung (and were stopped).
 KILLED = {"killed", "timeout"}
 
@@ -179,7 +183,13 @@ def mutate(args: argparse.Namespace) -> int:
     print(f"mutmut over {len(paths)} modules; its output goes to {log_path.relative_to(ROOT)}", flush=True)
     with open(log_path, "w") as log_file:
         run = subprocess.run(
-            [str(Path(sys.executable).with_name("mutmut")), "run", *patterns],
+            [
+                str(Path(sys.executable).with_name("mutmut")),
+                "run",
+                "--max-children",
+                str(MAX_CHILDREN),
+                *patterns,
+            ],
             cwd=WORK,
             stdout=log_file,
             stderr=subprocess.STDOUT,
