@@ -287,3 +287,21 @@ def test_a_job_bcrypt_refuses_is_dead_lettered_as_it_was(broker_url, names, acks
     results = {json.loads(body)["id"] for _properties, body in drain_queue(broker_url, names.results)}
     assert results == ids - {doomed["id"]}
     assert thread.worker.hashed == 2 and thread.worker.dead_lettered == 1
+
+
+def test_a_license_that_is_no_plate_reaches_no_log_line_or_reason(broker_url, names, acks, caplog):
+    """The scrubber knows plate shapes only: a license of any other shape must never be logged."""
+    caplog.set_level("DEBUG")
+    secret = "no-plate:Q7#x"
+    good = {"id": str(uuid.uuid4()), "license": secret, "produced_at": 1.0}
+    bad = {"id": str(uuid.uuid4()), "license": secret, "produced_at": 1.0, "extra": 1}
+    publish_raw(broker_url, names.jobs, [json.dumps(job).encode() for job in (good, bad)])
+    thread = WorkerThread(broker_url, names)
+    try:
+        wait_until(lambda: len(acks) == 2, PATIENCE, "both jobs settled")
+    finally:
+        thread.stop()
+    [(properties, _body)] = drain_queue(broker_url, names.dead)
+    assert secret not in properties.headers[defaults.REASON_HEADER]
+    assert secret not in caplog.text
+    assert f"job {good['id']} hashed" in caplog.text, "debug lines were on"
