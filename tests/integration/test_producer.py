@@ -38,17 +38,22 @@ class ProducerThread:
     def __init__(self, url, names, count, rate=None, **options):
         self.producer = Producer(url, names, LicenseGenerator(7), rate=rate, count=count, **options)
         self.report: ProducerReport | None = None
+        self.failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        self.report = self.producer.run()
+        try:
+            self.report = self.producer.run()
+        except BaseException as exc:
+            self.failure = exc
 
     def done(self) -> bool:
         return not self._thread.is_alive()
 
     def join(self) -> ProducerReport:
         self._thread.join(PATIENCE)
+        assert self.failure is None, repr(self.failure)
         assert self.report is not None, "the producer ended"
         return self.report
 

@@ -121,8 +121,13 @@ def test_each_hash_is_the_bcrypt_of_its_job_s_license(broker_url, names, acks):
     finally:
         thread.stop()
     licenses = licenses_by_id(bodies)
-    results = [json.loads(body) for _properties, body in drain_queue(broker_url, names.results)]
+    delivered = drain_queue(broker_url, names.results)
+    results = [json.loads(body) for _properties, body in delivered]
     assert sorted(result["id"] for result in results) == sorted(ids)
+    assert [properties.message_id for properties, _body in delivered] == [r["id"] for r in results]
+    # Milliseconds to 3 decimals: rounded so, and not to whole milliseconds.
+    assert all(result["hash_ms"] == round(result["hash_ms"], 3) for result in results)
+    assert any(result["hash_ms"] != round(result["hash_ms"], 2) for result in results)
     for result in results:
         assert result["hash"].startswith("$2b$04$"), result["hash"]
         assert bcrypt.checkpw(licenses[result["id"]].encode(), result["hash"].encode()), result["id"]

@@ -38,3 +38,17 @@ def test_the_milliseconds_are_those_of_the_hash():
 
 def test_the_default_is_one_slot_per_cpu_this_process_may_use():
     assert default_concurrency() == len(os.sched_getaffinity(0))
+
+
+def test_the_default_follows_the_affinity_not_the_machine(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {1})
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert default_concurrency() == 1
+
+
+def test_without_affinity_the_default_is_the_cpu_count_or_one(monkeypatch):
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert default_concurrency() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert default_concurrency() == 1
