@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 
 import bcrypt
 import pika
 import pytest
+import requests
 
 from tests.conftest import (
+    MANAGEMENT_URL,
     TEST_CONNECTION,
     drain_queue,
     known_jobs,
@@ -24,6 +27,7 @@ from tests.conftest import (
 )
 from virtscale import defaults
 from virtscale.broker import Session, queue_counts
+from virtscale.naming import QueueNames
 from virtscale.worker import consumer as consumer_module
 from virtscale.worker.consumer import Worker
 
@@ -105,6 +109,12 @@ def publish_with_id(url: str, queue: str, body: bytes, message_id: str) -> None:
         channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2, message_id=message_id))
     finally:
         connection.close()
+
+
+def management_get(path: str):
+    response = requests.get(f"{MANAGEMENT_URL}/api/{path}", auth=("guest", "guest"), timeout=10)
+    response.raise_for_status()
+    return response.json()
 
 
 def licenses_by_id(bodies: list[bytes]) -> dict[str, str]:
@@ -207,7 +217,8 @@ def test_a_malformed_job_is_dead_lettered_with_its_reason_and_id_then_acked(brok
     assert queue_depth(broker_url, names.jobs) == 0
 
 
-def test_a_stop_finishes_and_acks_the_jobs_in_hand_and_takes_no_more(broker_url, names, acks):
+def test_a_stop_finishes_and_acks_the_jobs_in_hand_and_takes_no_more(broker_url, names, acks, caplog):
+    caplog.set_level("INFO", logger="virtscale.worker")
     # cost 10: each hash takes long enough that the stop finds jobs in hand.
     _ids, bodies = known_jobs(20, seed=23, produced_at=1.0)
     publish_raw(broker_url, names.jobs, bodies)
@@ -221,16 +232,30 @@ def test_a_stop_finishes_and_acks_the_jobs_in_hand_and_takes_no_more(broker_url,
     assert len(acks) == len(delivered) == thread.worker.hashed
     assert len(delivered) < 20, "the stop came too late to test anything"
     assert queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 20 - len(delivered)
+    said = [r.getMessage() for r in caplog.records if r.name == "virtscale.worker.consumer"]
+    assert said[0] == f"worker w-in-process: cost 10, 2 slot(s), prefetch 2, queue {names.jobs}"
+    assert any(re.fullmatch(r"worker w-in-process draining: [12] job\(s\) in hand", line) for line in said)
+    assert said[-1] == f"worker w-in-process stopped: {len(delivered)} hashed, 0 dead-lettered"
 
 
 def consumers(url: str, queue: str) -> int:
     return queue_counts(url, queue, TEST_CONNECTION)[1]
 
 
-def test_a_parked_worker_holds_nothing_takes_nothing_resumes_and_ends_parked(broker_url, names, acks):
+def test_a_parked_worker_holds_nothing_takes_nothing_resumes_and_ends_parked(
+    broker_url, names, acks, caplog, management
+):
+    caplog.set_level("INFO", logger="virtscale.worker")
     thread = WorkerThread(broker_url, names)
     worker = thread.worker
     wait_until(lambda: consumers(broker_url, names.jobs) == 1, PATIENCE, "the worker consuming")
+    [consumer] = [c for c in management_get("consumers") if c["queue"]["name"] == names.jobs]
+    assert re.fullmatch(r"virtscale-worker:w-in-process:[0-9a-f]{8}", consumer["consumer_tag"])
+    assert consumer["prefetch_count"] == 2, "one job per slot"
+    connection = consumer["channel_details"]["connection_name"]
+    assert [c["user_provided_name"] for c in management_get("connections") if c["name"] == connection] == [
+        f"virtscale-worker w-in-process {names.jobs}"
+    ]
     assert not worker.stop_parked(), "not parked yet"
     worker.request_park()
     wait_until(lambda: consumers(broker_url, names.jobs) == 0, PATIENCE, "the parked worker off the queue")
@@ -248,6 +273,9 @@ def test_a_parked_worker_holds_nothing_takes_nothing_resumes_and_ends_parked(bro
     assert worker.stop_parked(), "it was parked"
     thread.join()
     assert queue_depth(broker_url, names.results) == 5
+    said = [r.getMessage() for r in caplog.records if r.name == "virtscale.worker.consumer"]
+    assert said.count("worker w-in-process: parked, nothing in hand; waiting to be resumed") == 2
+    assert said.count("worker w-in-process: resumed") == 1
 
 
 def test_a_dead_letter_without_a_usable_id_is_logged_by_its_delivery_tag(broker_url, names, acks, caplog):
@@ -310,3 +338,43 @@ def test_a_license_that_is_no_plate_reaches_no_log_line_or_reason(broker_url, na
     assert secret not in properties.headers[defaults.REASON_HEADER]
     assert secret not in caplog.text
     assert f"job {good['id']} hashed" in caplog.text, "debug lines were on"
+
+
+def test_no_more_hashes_at_once_than_slots_on_threads_named_bcrypt(broker_url, names, acks, monkeypatch):
+    """One slot and three jobs prefetched: the jobs are hashed one after another."""
+    hash_license = consumer_module.hash_license
+    lock = threading.Lock()
+    running, most, threads = 0, 0, set()
+
+    def watched(license_number: str, cost: int):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            threads.add(threading.current_thread().name)
+        try:
+            time.sleep(0.05)  # long enough for a second hash to overlap, were it allowed to
+            return hash_license(license_number, cost)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(consumer_module, "hash_license", watched)
+    _ids, bodies = known_jobs(6, seed=28, produced_at=1.0)
+    publish_raw(broker_url, names.jobs, bodies)
+    worker = Worker(broker_url, names, cost=4, concurrency=1, name="w-one", prefetch_per_slot=3)
+    assert worker.prefetch == 3
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(acks) == 6, PATIENCE, "the 6 jobs hashed")
+    finally:
+        worker.request_stop()
+        thread.join(PATIENCE)
+    assert most == 1
+    assert all(name.startswith("bcrypt_") for name in threads), threads
+
+
+def test_the_default_is_one_job_per_slot():
+    worker = Worker("amqp://guest:guest@127.0.0.1:1/%2F", QueueNames("jobs"), cost=4, concurrency=3, name="w")
+    assert worker.prefetch == 3
