@@ -5,15 +5,28 @@ of the batch acked."""
 
 from __future__ import annotations
 
+import re
+import socket
+import threading
 import uuid
 
 import pika
 import pytest
+import requests
 
-from tests.conftest import TEST_CONNECTION, drain_queue, publish_raw, queue_depth, stored_ids, wait_until
+from tests.conftest import (
+    MANAGEMENT_URL,
+    TEST_CONNECTION,
+    drain_queue,
+    publish_raw,
+    queue_depth,
+    stored_ids,
+    wait_until,
+)
 from tests.integration.test_pipeline import CollectorThread, result_body
 from virtscale import defaults
 from virtscale.broker import Session, queue_counts
+from virtscale.collector.consumer import Collector
 from virtscale.collector.sqlite_store import SQLiteStore
 
 pytestmark = pytest.mark.broker
@@ -41,6 +54,12 @@ def store(tmp_path):
     opened = SQLiteStore(f"sqlite:///{path}")
     yield path, opened
     opened.close()
+
+
+def management_get(path: str):
+    response = requests.get(f"{MANAGEMENT_URL}/api/{path}", auth=("guest", "guest"), timeout=10)
+    response.raise_for_status()
+    return response.json()
 
 
 def consuming(broker_url, names) -> None:
@@ -120,3 +139,52 @@ def test_a_write_that_fails_by_a_fault_of_ours_stops_the_collector_with_nothing_
     assert isinstance(thread.failure, RuntimeError) and str(thread.failure) == "injected"
     assert acks == []
     wait_until(lambda: queue_depth(broker_url, names.results) == 5, PATIENCE, "all 5 back in the queue")
+
+
+class ThreadNoting(SQLiteStore):
+    """A store that notes the thread each write runs on."""
+
+    threads: set[str]
+
+    def insert(self, results, stored_at):
+        self.threads.add(threading.current_thread().name)
+        return super().insert(results, stored_at)
+
+
+@pytest.mark.parametrize("host", [None, "collector-host-7"])
+def test_its_connection_consumer_and_writer_thread_are_named(
+    broker_url, names, tmp_path, acks, management, host
+):
+    store = ThreadNoting(f"sqlite:///{tmp_path / 'h.db'}")
+    store.threads = set()
+    collector = Collector(broker_url, names, store, batch_size=7, flush_interval=0.05, host=host)
+    thread = threading.Thread(target=collector.run, daemon=True)
+    thread.start()
+    expected_host = host or socket.gethostname()
+    try:
+        consuming(broker_url, names)
+        consumer = wait_until(
+            lambda: [
+                c
+                for c in management_get("consumers")
+                if c["queue"]["name"] == names.results
+                and (c.get("channel_details") or {}).get("connection_name")
+            ],
+            PATIENCE,
+            "the consumer in the management API",
+        )[0]
+        assert re.fullmatch(
+            rf"virtscale-collector:{re.escape(expected_host)}:[0-9a-f]{{8}}", consumer["consumer_tag"]
+        )
+        assert consumer["prefetch_count"] == 14, "two batches"
+        connection = consumer["channel_details"]["connection_name"]
+        assert [
+            c["user_provided_name"] for c in management_get("connections") if c["name"] == connection
+        ] == [f"virtscale-collector {expected_host} {names.jobs}"]
+        publish_raw(broker_url, names.results, [result_body()])
+        wait_until(lambda: acks, PATIENCE, "the result acked")
+    finally:
+        collector.request_stop()
+        thread.join(PATIENCE)
+        store.close()
+    assert store.threads == {"store_0"}

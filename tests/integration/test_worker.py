@@ -249,7 +249,15 @@ def test_a_parked_worker_holds_nothing_takes_nothing_resumes_and_ends_parked(
     thread = WorkerThread(broker_url, names)
     worker = thread.worker
     wait_until(lambda: consumers(broker_url, names.jobs) == 1, PATIENCE, "the worker consuming")
-    [consumer] = [c for c in management_get("consumers") if c["queue"]["name"] == names.jobs]
+    consumer = wait_until(
+        lambda: [
+            c
+            for c in management_get("consumers")
+            if c["queue"]["name"] == names.jobs and (c.get("channel_details") or {}).get("connection_name")
+        ],
+        PATIENCE,
+        "the consumer in the management API",
+    )[0]
     assert re.fullmatch(r"virtscale-worker:w-in-process:[0-9a-f]{8}", consumer["consumer_tag"])
     assert consumer["prefetch_count"] == 2, "one job per slot"
     connection = consumer["channel_details"]["connection_name"]
@@ -270,6 +278,8 @@ def test_a_parked_worker_holds_nothing_takes_nothing_resumes_and_ends_parked(
     assert worker.hashed == 5 and not worker.parking
     worker.request_park()
     wait_until(lambda: consumers(broker_url, names.jobs) == 0, PATIENCE, "parked again")
+    parked = "worker w-in-process: parked, nothing in hand; waiting to be resumed"
+    wait_until(lambda: [r.getMessage() for r in caplog.records].count(parked) == 2, PATIENCE, "parked")
     assert worker.stop_parked(), "it was parked"
     thread.join()
     assert queue_depth(broker_url, names.results) == 5
