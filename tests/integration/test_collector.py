@@ -5,6 +5,7 @@ of the batch acked."""
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import threading
@@ -71,21 +72,26 @@ def consuming(broker_url, names) -> None:
 def test_a_copy_of_a_stored_result_is_counted_acked_and_not_stored_again(
     broker_url, names, store, acks, caplog
 ):
-    caplog.set_level("INFO", logger="virtscale.collector")
+    caplog.set_level("DEBUG", logger="virtscale.collector")
     path, sqlite = store
     thread = CollectorThread(broker_url, names, sqlite, batch_size=3, flush_interval=0.05)
     collector = thread.collector
     try:
         consuming(broker_url, names)
         ids = [str(uuid.uuid4()) for _ in range(4)]
-        publish_raw(broker_url, names.results, [result_body(job_id) for job_id in [*ids, ids[0], ids[2]]])
-        wait_until(lambda: len(acks) == 6, PATIENCE, "all 6 acked")
+        a, b, c, d = ids
+        # Copies in more than one batch of 3: the figure adds up over the batches.
+        publish_raw(broker_url, names.results, [result_body(job_id) for job_id in [a, b, c, a, d, b, c]])
+        wait_until(lambda: len(acks) == 7, PATIENCE, "all 7 acked")
     finally:
         thread.stop()
     assert sorted(stored_ids(path)) == sorted(ids)
-    assert (collector.stored, collector.duplicates) == (4, 2), "6 received: 4 stored, 2 copies ignored"
-    assert sqlite.stats()["duplicates_ignored"] == 2
-    assert "collector stopped: 4 stored, 2 duplicates ignored" in [r.getMessage() for r in caplog.records]
+    assert (collector.stored, collector.duplicates) == (4, 3), "7 received: 4 stored, 3 copies ignored"
+    assert sqlite.stats()["duplicates_ignored"] == 3
+    said = [r.getMessage() for r in caplog.records]
+    assert "collector stopped: 4 stored, 3 duplicates ignored" in said
+    assert "stored 3, ignored 0 duplicate(s)" in said, "the first batch"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert queue_depth(broker_url, names.results) == 0
 
 
@@ -126,7 +132,7 @@ class FaultyStore(SQLiteStore):
 
 
 def test_a_write_that_fails_by_a_fault_of_ours_stops_the_collector_with_nothing_acked(
-    broker_url, names, tmp_path, acks
+    broker_url, names, tmp_path, acks, caplog
 ):
     faulty = FaultyStore(f"sqlite:///{tmp_path / 'hashes.db'}")
     thread = CollectorThread(broker_url, names, faulty)
@@ -137,6 +143,8 @@ def test_a_write_that_fails_by_a_fault_of_ours_stops_the_collector_with_nothing_
     finally:
         faulty.close()
     assert isinstance(thread.failure, RuntimeError) and str(thread.failure) == "injected"
+    said = [r.getMessage() for r in caplog.records]
+    assert "writing a batch failed: RuntimeError('injected'); stopping, nothing of it acked" in said
     assert acks == []
     wait_until(lambda: queue_depth(broker_url, names.results) == 5, PATIENCE, "all 5 back in the queue")
 
@@ -188,3 +196,16 @@ def test_its_connection_consumer_and_writer_thread_are_named(
         thread.join(PATIENCE)
         store.close()
     assert store.threads == {"store_0"}
+
+
+def test_a_full_batch_is_written_at_once_without_waiting_for_the_timer(broker_url, names, store, acks):
+    path, sqlite = store
+    thread = CollectorThread(broker_url, names, sqlite, batch_size=3, flush_interval=600)
+    try:
+        consuming(broker_url, names)
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        publish_raw(broker_url, names.results, [result_body(job_id) for job_id in ids])
+        wait_until(lambda: len(acks) == 3, PATIENCE, "the batch of 3 written and acked")
+    finally:
+        thread.stop()
+    assert sorted(stored_ids(path)) == sorted(ids)
