@@ -177,12 +177,22 @@ def known_jobs(count: int, seed: int, produced_at: float | None = None) -> tuple
 
 
 def stored_ids(path: Path) -> list[str]:
-    """Every id in a collector's store (a list, so a duplicate would show); [] before it exists."""
+    """Every id in a collector's store; [] before it exists. The id is the table's primary key,
+    so no id shows twice here whatever happened: duplicates_ignored() tells how many copies of a
+    result the collector received and dropped."""
     try:
         with sqlite3.connect(path) as connection:
             return [row[0] for row in connection.execute("SELECT id FROM hashes")]
     except sqlite3.OperationalError:
         return []
+
+
+def duplicates_ignored(path: Path) -> int:
+    """How many results a collector received for ids it had already stored (its store keeps the
+    figure), i.e. how many jobs were hashed and delivered more than once."""
+    with sqlite3.connect(path) as connection:
+        row = connection.execute("SELECT value FROM counters WHERE name = 'duplicates'").fetchone()
+    return row[0] if row else 0
 
 
 def queue_depth(url: str, queue: str) -> int:

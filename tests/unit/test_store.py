@@ -1,4 +1,5 @@
 import sqlite3
+import threading
 import uuid
 
 import pytest
@@ -129,3 +130,95 @@ def test_stats_that_sqlite_cannot_read_raise_store_error(tmp_path):
     with pytest.raises(StoreError, match="cannot be read: no such table: counters"):
         store.stats()
     store.close()
+
+
+# -- the exact words, and what only a mutation of the code showed untested --------------------
+
+
+def test_errors_quote_the_store_url(tmp_path):
+    url = "sqlite:////proc/no-such-process/h.db"
+    with pytest.raises(StoreError) as refused:
+        SQLiteStore(url)
+    assert (
+        str(refused.value)
+        == f"--store {url!r} cannot be opened: No such file or directory: /proc/no-such-process"
+    )
+    file = tmp_path / "file"
+    file.write_text("")
+    url = f"sqlite:///{file}/h.db"
+    with pytest.raises(StoreError) as refused:
+        SQLiteStore(url)
+    assert str(refused.value) == f"--store {url!r} cannot be opened: {file} is not a directory"
+
+
+def test_a_url_of_another_kind_is_quoted_without_its_password():
+    with pytest.raises(StoreError) as refused:
+        sqlite_path("postgresql://collector:s3cret@db:5432/virtscale")
+    assert "s3cret" not in str(refused.value)
+    assert str(refused.value).endswith("got 'postgresql://collector:***@db:5432/virtscale'")
+
+
+def test_a_file_that_is_not_sqlite_is_named_so(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, not a database\n" * 100)
+    with pytest.raises(StoreError) as refused:
+        SQLiteStore(f"sqlite:///{path}")
+    assert str(refused.value) == f"--store 'sqlite:///{path}' cannot be used: it is not a SQLite database"
+
+
+def test_missing_tables_and_columns_are_each_named(tmp_path):
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(StoreError) as refused:
+        SQLiteStore(f"sqlite:///{empty}", create=False)
+    assert str(refused.value).endswith("cannot be used: no counters, hashes table: not a virtscale store")
+    lookalike = tmp_path / "lookalike.db"
+    with sqlite3.connect(lookalike) as other:
+        other.execute(
+            "CREATE TABLE hashes (id TEXT, hash TEXT, worker TEXT, produced_at REAL, hashed_at REAL)"
+        )
+        other.execute("CREATE TABLE counters (name TEXT, value INTEGER)")
+    with pytest.raises(StoreError) as refused:
+        SQLiteStore(f"sqlite:///{lookalike}", create=False)
+    assert str(refused.value).endswith("table hashes has no hash_ms, stored_at column: not a virtscale store")
+
+
+def test_a_failed_write_names_the_store(tmp_path, monkeypatch):
+    path = tmp_path / "h.db"
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.1)
+    store = SQLiteStore(f"sqlite:///{path}")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreFailed) as failed:
+            store.insert([result()], 1.0)
+    finally:
+        blocker.execute("ROLLBACK")
+    assert str(failed.value) == f"store sqlite:///{path}: writing 1 result(s) failed: database is locked"
+
+
+def test_a_store_in_the_working_directory_needs_no_directory_made(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    SQLiteStore("sqlite:///hashes.db").close()
+    assert (tmp_path / "hashes.db").is_file()
+
+
+def test_the_writer_thread_may_use_a_store_opened_on_another(tmp_path):
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'h.db'}")
+    written = []
+    writer = threading.Thread(target=lambda: written.append(store.insert([result()], 1.0)))
+    writer.start()
+    writer.join()
+    assert written == [(1, 0)]
+
+
+def test_a_new_store_has_no_duplicates_and_figures_to_the_millisecond(tmp_path):
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'h.db'}")
+    assert store.stats() == {
+        "stored": 0,
+        "duplicates_ignored": 0,
+        "latency_seconds": {"p50": None, "p95": None, "p99": None},
+        "per_worker": {},
+    }
+    store.insert([result("vm-1", 0.0, 1.23456)], 0.0)
+    assert store.stats()["latency_seconds"] == {"p50": 1.235, "p95": 1.235, "p99": 1.235}
