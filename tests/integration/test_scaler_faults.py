@@ -333,3 +333,68 @@ def test_an_empty_list_where_there_were_domains_is_doubted_without_a_reconnect(
     clock.now += 5
     assert not scaler.tick().degraded
     assert scaler.policy.booting.keys() == {"vm-1", "vm-2"}
+
+
+# -- 4. libvirtd down for whole ticks ------------------------------------------------------
+
+
+def test_a_tick_while_libvirt_is_unreachable_is_degraded_and_acts_on_nothing(broker_url, names, stub, opener):
+    clock = FakeClock()
+    scaler = make_scaler(broker_url, names.jobs, stub.url, clock)
+    start_domains(scaler, "vm-1", "vm-2", "vm-3")
+    stub.body = queue_body(names.jobs, ready=0, unacked=0, consuming=("vm-1", "vm-2", "vm-3"))
+    scaler.tick()
+    opener.connection.faults["getAllDomainStats"] = FAULTS["system-error"]  # libvirtd stops
+    opener.down = True
+    hypervisor = scaler.hypervisors[0]
+    # idle (would shut one down), loaded (would start vm-4), idle: the connection is lost in
+    # the first tick, and each next one finds libvirtd's socket closed.
+    for ready, problem in ((0, "End of file"), (5000, "libvirt-sock"), (0, "libvirt-sock")):
+        clock.now = max(clock.now + 10, hypervisor.next_attempt)
+        stub.body = queue_body(names.jobs, ready=ready, unacked=0, consuming=("vm-1", "vm-2", "vm-3"))
+        report = scaler.tick()
+        assert report.degraded and report.unseen == POOL and report.samples == []
+        assert any(problem in reported for reported in report.problems), report.problems
+        assert acted(report) == [] and report.failed_actions == [], report.decision.reason
+        event = report.event()
+        assert event["hosts"][URI]["reachable"] is False and event["degraded"] is True
+        assert {name: domain["state"] for name, domain in event["domains"].items()} == dict.fromkeys(
+            POOL, "unknown"
+        )
+    assert opener.refused == 2, "the first failure is the lost connection's, then one open a tick"
+    opener.down = False
+    clock.now = hypervisor.next_attempt
+    stub.body = queue_body(names.jobs, ready=0, unacked=0, consuming=("vm-1", "vm-2", "vm-3"))
+    back = scaler.tick()
+    assert not back.degraded, back.problems
+    assert acted(back) == [("vm-3", SHUTDOWN)], "the same idle tick, libvirt back: it scales down"
+    assert running(scaler) == ["vm-1", "vm-2"]
+
+
+# -- 5. the boot timeout, whole ticks on libvirt -------------------------------------------
+
+
+def test_a_vm_not_consuming_within_the_boot_timeout_is_failed_destroyed_and_replaced(
+    broker_url, names, stub, opener
+):
+    clock = FakeClock()
+    scaler = make_scaler(broker_url, names.jobs, stub.url, clock, max_vms=2)  # boot timeout 30 s
+    start_domains(scaler, "vm-1")
+    stub.body = queue_body(names.jobs, ready=500, unacked=1, consuming=("vm-1",))
+    assert acted(scaler.tick()) == [("vm-2", START)]
+    clock.now += 29.9
+    waiting = scaler.tick()
+    assert acted(waiting) == [] and waiting.event()["signals"]["booting_vms"] == ["vm-2"]
+    assert running(scaler) == ["vm-1", "vm-2"]
+    clock.now += 0.1
+    report = scaler.tick()
+    assert acted(report) == [("vm-2", DESTROY), ("vm-3", START)], report.decision.reason
+    assert report.failed_actions == []
+    assert report.event()["signals"]["failed_vms"] == ["vm-2"]
+    assert "vm-2 not consuming 30s after start: failed" in report.decision.reason
+    assert running(scaler) == ["vm-1", "vm-3"], "vm-2 pulled, vm-3 booting in its place"
+    clock.now += 10
+    stub.body = queue_body(names.jobs, ready=500, unacked=2, consuming=("vm-1", "vm-3"))
+    after = scaler.tick()
+    assert acted(after) == [] and after.event()["signals"]["failed_vms"] == []
+    assert running(scaler) == ["vm-1", "vm-3"], "the failed VM is not started again at once"

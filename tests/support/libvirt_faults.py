@@ -124,20 +124,34 @@ class FaultyConnection:
         return FaultyDomain(self._connection.lookupByName(name), self)
 
 
+#: What libvirt.open raises while libvirtd is down: nothing listens on its socket.
+UNREACHABLE = Fault(
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    "Failed to connect socket to '/var/run/libvirt/libvirt-sock': Connection refused",
+    lost=True,
+)
+
+
 class Opener:
     """libvirt.open for the Hypervisor under test: ``uri`` opens (once) a real connection and
     hands out the one FaultyConnection around it, alive again on every reopen; other URIs open
-    as usual. ``opens`` counts the opens of ``uri``."""
+    as usual. ``opens`` counts the opens of ``uri``; while ``down``, opening it fails as it does
+    while libvirtd is not running (``refused`` counts those)."""
 
     def __init__(self, uri: str):
         self.uri = uri
         self.real_open = libvirt.open
         self.connection: FaultyConnection | None = None
         self.opens = 0
+        self.down = False
+        self.refused = 0
 
     def __call__(self, uri: str):
         if uri != self.uri:
             return self.real_open(uri)
+        if self.down:
+            self.refused += 1
+            raise UNREACHABLE.error()
         self.opens += 1
         if self.connection is None:
             self.connection = FaultyConnection(self.real_open(uri))
