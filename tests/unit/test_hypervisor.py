@@ -154,3 +154,94 @@ def test_a_domain_undefined_between_the_list_and_the_action_fails_that_action():
     hypervisor._connect().lookupByName("vm-4").undefine()
     with pytest.raises(ActionFailed, match=r"start vm-4 on test://.*: Domain not found"):
         hypervisor.start("vm-4")
+
+
+def node_with_storage(tmp_path: Path) -> str:
+    """vm-1 (the pool's, defined by an operator, off), vm-2 (the pool's, created by the scaler,
+    running), vm-9 (untagged, running), and the host's default storage pool."""
+    tag = '<metadata><virtscale:pool xmlns:virtscale="http://virtscale.org/xmlns/pool/1" name="vm" origin="{}"/></metadata>'
+    domain = (
+        '<domain type="test" xmlns:test="http://libvirt.org/schemas/domain/test/1.0"><name>{}</name>{}'
+        "<memory>1048576</memory><vcpu>2</vcpu><os><type>hvm</type></os>{}</domain>"
+    )
+    off = "<test:runstate>5</test:runstate>"
+    path = tmp_path / "node.xml"
+    path.write_text(
+        "<node>"
+        + domain.format("vm-1", tag.format("defined"), off)
+        + domain.format("vm-2", tag.format("template"), "")
+        + domain.format("vm-9", "", "")
+        + '<pool type="dir"><name>default</name><target><path>/var/lib/libvirt/images</path></target></pool>'
+        + "</node>"
+    )
+    return f"test://{path}"
+
+
+def running(hypervisor: Hypervisor) -> dict[str, bool]:
+    return {d.name(): bool(d.isActive()) for d in hypervisor._connect().listAllDomains()}
+
+
+def test_each_action_does_what_it_says_to_its_domain_only_and_logs_it(tmp_path, caplog):
+    uri = node_with_storage(tmp_path)
+    hypervisor = Hypervisor(uri, "vm")
+    caplog.set_level("INFO", logger="virtscale.scaler.hypervisor")
+    hypervisor.start("vm-1")
+    assert running(hypervisor) == {"vm-1": True, "vm-2": True, "vm-9": True}
+    hypervisor.shutdown("vm-1")
+    assert running(hypervisor) == {"vm-1": False, "vm-2": True, "vm-9": True}
+    hypervisor.destroy("vm-2")
+    assert running(hypervisor) == {"vm-1": False, "vm-2": False, "vm-9": True}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{uri}: start vm-1",
+        f"{uri}: shutdown vm-1",
+        f"{uri}: destroy vm-2",
+    ]
+
+
+def test_a_saved_domain_is_shut_off_with_its_memory_and_a_start_restores_it_then_resumes_its_worker(
+    tmp_path,
+):
+    hypervisor = Hypervisor(node_with_storage(tmp_path), "vm")
+    hypervisor.save("vm-2")
+    domain = hypervisor._connect().lookupByName("vm-2")
+    assert not domain.isActive() and domain.hasManagedSaveImage(0)
+    # The test driver restores the domain and sets its clock, but has no guest agent: the
+    # resume of the worker is what fails, so the start of a saved domain tries it.
+    with pytest.raises(ActionFailed, match=r"start vm-2 on test://.*virDomainQemuAgentCommand"):
+        hypervisor.start("vm-2")
+    assert domain.isActive() and not domain.hasManagedSaveImage(0)
+    hypervisor.shutdown("vm-2")
+    hypervisor.start("vm-2")  # no save image: a cold boot, no agent needed
+    assert domain.isActive()
+
+
+def test_stopping_a_worker_goes_through_the_guest_agent_of_a_pool_domain_only(tmp_path):
+    hypervisor = Hypervisor(node_with_storage(tmp_path), "vm")
+    with pytest.raises(ActionFailed, match=r"drain vm-2 on test://.*virDomainQemuAgentCommand"):
+        hypervisor.stop_worker("vm-2")
+    with pytest.raises(ActionFailed, match="refusing to drain vm-9 .*not tagged for pool 'vm'"):
+        hypervisor.stop_worker("vm-9")
+
+
+def test_a_domain_the_scaler_created_is_deleted_and_one_an_operator_defined_is_not(tmp_path, caplog):
+    uri = node_with_storage(tmp_path)
+    hypervisor = Hypervisor(uri, "vm")
+    caplog.set_level("INFO", logger="virtscale.scaler.hypervisor")
+    hypervisor.delete("vm-2")
+    assert running(hypervisor) == {"vm-1": False, "vm-9": True}, "destroyed and undefined"
+    with pytest.raises(ActionFailed, match="refusing to delete vm-1: defined by an operator"):
+        hypervisor.delete("vm-1")
+    assert running(hypervisor) == {"vm-1": False, "vm-9": True}
+    assert f"{uri}: delete vm-2" in [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("name", ["vm-1", "vm-9"])
+def test_create_refuses_a_name_any_domain_has(tmp_path, name):
+    uri = node_with_storage(tmp_path)
+    hypervisor = Hypervisor(uri, "vm")
+    before = running(hypervisor)
+    with pytest.raises(
+        ActionFailed, match=f"refusing to create {name} on {re.escape(uri)}: a domain of that name"
+    ):
+        hypervisor.create(name, None, b"", None)  # refused before the template is read
+    assert running(hypervisor) == before
