@@ -159,7 +159,10 @@ def test_a_domain_undefined_between_the_list_and_the_action_fails_that_action():
 def node_with_storage(tmp_path: Path) -> str:
     """vm-1 (the pool's, defined by an operator, off), vm-2 (the pool's, created by the scaler,
     running), vm-9 (untagged, running), and the host's default storage pool."""
-    tag = '<metadata><virtscale:pool xmlns:virtscale="http://virtscale.org/xmlns/pool/1" name="vm" origin="{}"/></metadata>'
+    tag = (
+        '<metadata><virtscale:pool xmlns:virtscale="http://virtscale.org/xmlns/pool/1" name="vm" '
+        'origin="{}"/></metadata>'
+    )
     domain = (
         '<domain type="test" xmlns:test="http://libvirt.org/schemas/domain/test/1.0"><name>{}</name>{}'
         "<memory>1048576</memory><vcpu>2</vcpu><os><type>hvm</type></os>{}</domain>"
@@ -219,7 +222,7 @@ def test_stopping_a_worker_goes_through_the_guest_agent_of_a_pool_domain_only(tm
     hypervisor = Hypervisor(node_with_storage(tmp_path), "vm")
     with pytest.raises(ActionFailed, match=r"drain vm-2 on test://.*virDomainQemuAgentCommand"):
         hypervisor.stop_worker("vm-2")
-    with pytest.raises(ActionFailed, match="refusing to drain vm-9 .*not tagged for pool 'vm'"):
+    with pytest.raises(ActionFailed, match=r"refusing to drain vm-9 .*not tagged for pool 'vm'"):
         hypervisor.stop_worker("vm-9")
 
 
