@@ -13,6 +13,7 @@ from tests.support.libvirt_faults import Opener as FaultOpener
 from virtscale import defaults
 from virtscale.scaler import hypervisor as hypervisor_module
 from virtscale.scaler.hypervisor import ActionFailed, Hypervisor, HypervisorRefused, HypervisorUnavailable
+from virtscale.scaler.template import Image, Template, WorkerSettings
 
 NODE = Path(__file__).parent.parent / "data" / "pool-node.xml"
 
@@ -95,6 +96,21 @@ def test_a_refused_action_is_action_failed_naming_the_domain():
         hypervisor.shutdown("vm-9")
 
 
+def test_a_lost_connection_is_dropped_with_a_warning_naming_the_host_and_why(monkeypatch, caplog):
+    uri = f"test://{NODE}"
+    opener = FaultOpener(uri)
+    monkeypatch.setattr(hypervisor_module.libvirt, "open", opener)
+    hypervisor = Hypervisor(uri, "vm", clock=FakeClock())
+    hypervisor.sample()
+    opener.connection.faults["lookupByName"] = FAULTS["system-error"]
+    with pytest.raises(HypervisorUnavailable):
+        hypervisor.destroy("vm-1")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"{uri}: destroy vm-1: {FAULTS['system-error'].message}")
+    ]
+    assert not opener.connection.alive, "closed"
+
+
 def test_reconnect_waits_grow_are_capped_and_never_block(monkeypatch, tmp_path):
     opener = Opener(tmp_path / "none")
     opener.broken = True
@@ -156,6 +172,15 @@ def test_a_domain_undefined_between_the_list_and_the_action_fails_that_action():
         hypervisor.start("vm-4")
 
 
+def template_with_image(folder: Path) -> Template:
+    """A template whose image files are ``folder``'s rootfs, kernel and initrd."""
+    image = Image(
+        "0123456789abcdef", str(folder / "rootfs"), 2**20, str(folder / "kernel"), str(folder / "initrd")
+    )
+    worker = WorkerSettings("amqp://worker@10.0.2.2:5672/%2F", str(folder / "password"), "licenses", 10)
+    return Template(pool="vm", image=image, worker=worker)
+
+
 def node_with_storage(tmp_path: Path) -> str:
     """vm-1 (the pool's, defined by an operator, off), vm-2 (the pool's, created by the scaler,
     running), vm-9 (untagged, running), and the host's default storage pool."""
@@ -202,10 +227,13 @@ def test_each_action_does_what_it_says_to_its_domain_only_and_logs_it(tmp_path, 
 
 
 def test_a_saved_domain_is_shut_off_with_its_memory_and_a_start_restores_it_then_resumes_its_worker(
-    tmp_path,
+    tmp_path, caplog
 ):
-    hypervisor = Hypervisor(node_with_storage(tmp_path), "vm")
+    uri = node_with_storage(tmp_path)
+    hypervisor = Hypervisor(uri, "vm")
+    caplog.set_level("INFO", logger="virtscale.scaler.hypervisor")
     hypervisor.save("vm-2")
+    assert [r.getMessage() for r in caplog.records] == [f"{uri}: save vm-2"]
     domain = hypervisor._connect().lookupByName("vm-2")
     assert not domain.isActive() and domain.hasManagedSaveImage(0)
     # The test driver restores the domain and sets its clock, but has no guest agent: the
@@ -236,6 +264,19 @@ def test_a_domain_the_scaler_created_is_deleted_and_one_an_operator_defined_is_n
         hypervisor.delete("vm-1")
     assert running(hypervisor) == {"vm-1": False, "vm-9": True}
     assert f"{uri}: delete vm-2" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_create_the_host_cannot_complete_is_a_failed_action_that_leaves_nothing(tmp_path):
+    uri = node_with_storage(tmp_path)
+    hypervisor = Hypervisor(uri, "vm")
+    for name in ("rootfs", "kernel", "initrd"):
+        (tmp_path / name).write_bytes(b"image")
+    made = template_with_image(tmp_path)
+    before = running(hypervisor)
+    # The test driver stores volumes but takes no upload: the image cannot reach the host.
+    with pytest.raises(ActionFailed, match=rf"create vm-5 on {re.escape(uri)}: .*virStorageVolUpload"):
+        hypervisor.create("vm-5", made, b"settings", made.tag("a-password"))
+    assert running(hypervisor) == before
 
 
 @pytest.mark.parametrize("name", ["vm-1", "vm-9"])
