@@ -74,7 +74,8 @@ class FaultyDomain:
 
 class FaultyConnection:
     """A real connection with faults armed per call name (``getAllDomainStats``,
-    ``lookupByName``, and a domain's ``create``, ``shutdown``, ``destroy``, ``info``).
+    ``lookupByName``, ``close``, and a domain's ``create``, ``shutdown``, ``destroy``, ``info``,
+    ``hasManagedSaveImage``).
     An armed fault fires once. Closing it leaves the real connection open, so that a reopen
     (see Opener) finds the domains as they were, as a restarted libvirtd does."""
 
@@ -86,6 +87,8 @@ class FaultyConnection:
         #: While above 0, each bulk stats call lists no domain and counts this down.
         self.empty_lists = 0
         self.calls: list[str] = []
+        #: Times the Hypervisor closed it (dropped it as lost).
+        self.closes = 0
 
     def __getattr__(self, name: str):
         return getattr(self._connection, name)
@@ -106,6 +109,8 @@ class FaultyConnection:
         return 1 if self.alive else 0
 
     def close(self) -> int:
+        self.closes += 1
+        self.before("close")
         self.alive = False
         return 0
 

@@ -108,7 +108,40 @@ def test_a_lost_connection_is_dropped_with_a_warning_naming_the_host_and_why(mon
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("WARNING", f"{uri}: destroy vm-1: {FAULTS['system-error'].message}")
     ]
-    assert not opener.connection.alive, "closed"
+    assert opener.connection.closes == 1, "closed, not left open beside the next one"
+
+
+def test_a_connection_found_dead_is_dropped_and_the_reconnect_is_logged(monkeypatch, caplog):
+    uri = f"test://{NODE}"
+    opener = FaultOpener(uri)
+    monkeypatch.setattr(hypervisor_module.libvirt, "open", opener)
+    clock = FakeClock()
+    hypervisor = Hypervisor(uri, "vm", clock=clock)
+    hypervisor.sample()
+    caplog.set_level("INFO", logger="virtscale.scaler.hypervisor")
+    opener.connection.alive = False  # libvirtd restarted between two calls
+    opener.connection.faults["close"] = FAULTS["invalid-conn"]  # and closing it fails too
+    opener.down = True
+    with pytest.raises(HypervisorUnavailable, match="libvirt-sock"):
+        hypervisor.sample()
+    opener.down = False
+    clock.now = hypervisor.next_attempt
+    assert len(hypervisor.sample()) == 4
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"{uri}: connection to libvirtd lost"),
+        ("INFO", f"{uri}: reconnected to libvirtd"),
+    ]
+
+
+def test_a_save_image_that_cannot_be_checked_means_a_cold_boot(monkeypatch):
+    uri = f"test://{NODE}"
+    opener = FaultOpener(uri)
+    monkeypatch.setattr(hypervisor_module.libvirt, "open", opener)
+    hypervisor = Hypervisor(uri, "vm", clock=FakeClock())
+    hypervisor.sample()
+    opener.connection.faults["hasManagedSaveImage"] = FAULTS["internal-error"]
+    hypervisor.start("vm-1")  # no restore: nothing asks the (absent) guest agent to resume
+    assert hypervisor._connect().lookupByName("vm-1").isActive()
 
 
 def test_reconnect_waits_grow_are_capped_and_never_block(monkeypatch, tmp_path):
