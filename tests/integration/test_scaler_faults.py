@@ -8,6 +8,7 @@ Time is a fake clock, so boot timeouts and stabilization windows pass at once.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from tests.support.libvirt_faults import FAULTS, Opener
 from tests.support.management_stub import ManagementStub, queue_body
 from virtscale.scaler import hypervisor as hypervisor_module
 from virtscale.scaler.hypervisor import Hypervisor
-from virtscale.scaler.loop import REATTACH_TICKS, Scaler
+from virtscale.scaler.loop import REATTACH_TICKS, EventsFile, Scaler
 from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Policy, PolicyConfig
 from virtscale.scaler.queue_monitor import QueueMonitor
 
@@ -333,3 +334,185 @@ def test_an_empty_list_where_there_were_domains_is_doubted_without_a_reconnect(
     clock.now += 5
     assert not scaler.tick().degraded
     assert scaler.policy.booting.keys() == {"vm-1", "vm-2"}
+
+
+# -- 4. libvirtd down for whole ticks ------------------------------------------------------
+
+
+def test_a_tick_while_libvirt_is_unreachable_is_degraded_and_acts_on_nothing(broker_url, names, stub, opener):
+    clock = FakeClock()
+    scaler = make_scaler(broker_url, names.jobs, stub.url, clock)
+    start_domains(scaler, "vm-1", "vm-2", "vm-3")
+    stub.body = queue_body(names.jobs, ready=0, unacked=0, consuming=("vm-1", "vm-2", "vm-3"))
+    scaler.tick()
+    opener.connection.faults["getAllDomainStats"] = FAULTS["system-error"]  # libvirtd stops
+    opener.down = True
+    hypervisor = scaler.hypervisors[0]
+    # idle (would shut one down), loaded (would start vm-4), idle: the connection is lost in
+    # the first tick, and each next one finds libvirtd's socket closed.
+    for ready, problem in ((0, "End of file"), (5000, "libvirt-sock"), (0, "libvirt-sock")):
+        clock.now = max(clock.now + 10, hypervisor.next_attempt)
+        stub.body = queue_body(names.jobs, ready=ready, unacked=0, consuming=("vm-1", "vm-2", "vm-3"))
+        report = scaler.tick()
+        assert report.degraded and report.unseen == POOL and report.samples == []
+        assert any(problem in reported for reported in report.problems), report.problems
+        assert acted(report) == [] and report.failed_actions == [], report.decision.reason
+        event = report.event()
+        assert event["hosts"][URI]["reachable"] is False and event["degraded"] is True
+        assert {name: domain["state"] for name, domain in event["domains"].items()} == dict.fromkeys(
+            POOL, "unknown"
+        )
+    assert opener.refused == 2, "the first failure is the lost connection's, then one open a tick"
+    opener.down = False
+    clock.now = hypervisor.next_attempt
+    stub.body = queue_body(names.jobs, ready=0, unacked=0, consuming=("vm-1", "vm-2", "vm-3"))
+    back = scaler.tick()
+    assert not back.degraded, back.problems
+    assert acted(back) == [("vm-3", SHUTDOWN)], "the same idle tick, libvirt back: it scales down"
+    assert running(scaler) == ["vm-1", "vm-2"]
+
+
+# -- 5. the boot timeout, whole ticks on libvirt -------------------------------------------
+
+
+def test_a_vm_not_consuming_within_the_boot_timeout_is_failed_destroyed_and_replaced(
+    broker_url, names, stub, opener
+):
+    clock = FakeClock()
+    scaler = make_scaler(broker_url, names.jobs, stub.url, clock, max_vms=2)  # boot timeout 30 s
+    start_domains(scaler, "vm-1")
+    stub.body = queue_body(names.jobs, ready=500, unacked=1, consuming=("vm-1",))
+    assert acted(scaler.tick()) == [("vm-2", START)]
+    clock.now += 29.9
+    waiting = scaler.tick()
+    assert acted(waiting) == [] and waiting.event()["signals"]["booting_vms"] == ["vm-2"]
+    assert running(scaler) == ["vm-1", "vm-2"]
+    clock.now += 0.1
+    report = scaler.tick()
+    assert acted(report) == [("vm-2", DESTROY), ("vm-3", START)], report.decision.reason
+    assert report.failed_actions == []
+    assert report.event()["signals"]["failed_vms"] == ["vm-2"]
+    assert "vm-2 not consuming 30s after start: failed" in report.decision.reason
+    assert running(scaler) == ["vm-1", "vm-3"], "vm-2 pulled, vm-3 booting in its place"
+    clock.now += 10
+    stub.body = queue_body(names.jobs, ready=500, unacked=2, consuming=("vm-1", "vm-3"))
+    after = scaler.tick()
+    assert acted(after) == [] and after.event()["signals"]["failed_vms"] == []
+    assert running(scaler) == ["vm-1", "vm-3"], "the failed VM is not started again at once"
+
+
+# -- 6. several --connect hosts, the events file -------------------------------------------
+
+NODE_B = Path(__file__).parent.parent / "data" / "pool-node-b.xml"
+URI_B = f"test://{NODE_B}"
+
+
+def states_on(hypervisor: Hypervisor) -> dict[str, str]:
+    """The pool's domains as that host's own libvirt connection lists them."""
+    connection = hypervisor._connect()
+    return {
+        domain.name(): "running" if domain.isActive() else "shutoff"
+        for domain in connection.listAllDomains()
+        if domain.name().startswith("vm-")
+    }
+
+
+def test_each_connection_is_its_own_host_and_each_action_goes_to_the_host_of_its_domain(
+    broker_url, names, stub, opener
+):
+    clock = FakeClock()
+    node_b = Hypervisor(URI_B, "vm", clock=clock)
+    scaler = make_scaler(broker_url, names.jobs, stub.url, clock, extra_hypervisors=[node_b], max_vms=6)
+    node_a = scaler.hypervisors[0]
+    stub.body = queue_body(names.jobs, ready=5000, unacked=0)
+    report = scaler.tick()
+    assert report.problems == [] and report.failed_actions == []
+    assert sorted(report.hosts) == sorted([URI, URI_B])
+    assert {name: domain["host"] for name, domain in report.event()["domains"].items()} == {
+        **dict.fromkeys(POOL, URI),
+        "vm-5": URI_B,
+        "vm-6": URI_B,
+    }
+    assert acted(report) == [(name, START) for name in POOL], "the policy's step up is at most 4"
+    clock.now += 5
+    assert acted(scaler.tick()) == [("vm-5", START), ("vm-6", START)], "then on the other host"
+    assert states_on(node_a) == dict.fromkeys(POOL, "running") | {"vm-9": "running", "vm-8": "shutoff"}
+    assert states_on(node_b) == {"vm-5": "running", "vm-6": "running"}
+    clock.now += 10
+    stub.body = queue_body(names.jobs, ready=0, unacked=0, consuming=(*POOL, "vm-5", "vm-6"))
+    idle = scaler.tick()
+    assert idle.hosts[URI]["domains"] == {"running": 4} and idle.hosts[URI_B]["domains"] == {"running": 2}
+    assert acted(idle) == [("vm-4", SHUTDOWN)] and idle.failed_actions == []
+    assert states_on(node_a) == dict.fromkeys(POOL, "running") | {
+        "vm-4": "shutoff",
+        "vm-9": "running",
+        "vm-8": "shutoff",
+    }
+    assert states_on(node_b) == {"vm-5": "running", "vm-6": "running"}
+
+
+#: Every field README.md and DESIGN.md give each line of the events file.
+EVENT_FIELDS = {
+    "time",
+    "depth",
+    "ready",
+    "unacked",
+    "publish_rate",
+    "ack_rate",
+    "consumers",
+    "domains",
+    "desired",
+    "actions",
+    "reason",
+    "signals",
+    "unseen",
+    "degraded",
+    "refused",
+    "problems",
+    "hosts",
+    "notes",
+    "leader",
+    "lease_holder",
+}
+
+
+def test_each_tick_is_one_json_line_of_the_events_file_with_every_field(
+    broker_url, names, stub, opener, tmp_path
+):
+    clock = FakeClock()
+    scaler = make_scaler(broker_url, names.jobs, stub.url, clock, max_vms=2)
+    scaler.wall_clock = lambda: 1_700_000_000.12345
+    path = tmp_path / "events.jsonl"
+    events = EventsFile(str(path))
+    scaler.on_tick = events.write
+    start_domains(scaler, "vm-1")
+    stub.body = queue_body(
+        names.jobs, ready=120, unacked=3, consuming=("vm-1",), publish_rate=12.5, ack_rate=4.0
+    )
+    scaler.tick()
+    opener.connection.faults["getAllDomainStats"] = FAULTS["internal-error"]
+    clock.now += 5
+    scaler.tick()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2, "one line a tick, written as it happens"
+    first, second = (json.loads(line) for line in lines)
+    assert set(first) == EVENT_FIELDS and set(second) == EVENT_FIELDS
+    assert first["time"] == 1_700_000_000.123
+    assert (first["depth"], first["ready"], first["unacked"]) == (123, 120, 3)
+    assert (first["publish_rate"], first["ack_rate"], first["consumers"]) == (12.5, 4.0, 1)
+    assert first["domains"]["vm-1"] == {"state": "running", "cpu": None, "consuming": True, "host": URI}
+    assert first["domains"]["vm-2"] == {"state": "shutoff", "cpu": None, "consuming": False, "host": URI}
+    assert sorted(first["domains"]) == POOL, "the pool's domains only"
+    assert first["desired"] == 2 and first["actions"] == [{"domain": "vm-2", "action": "start"}]
+    assert first["reason"].endswith("start vm-2") and first["signals"]["booting_vms"] == []
+    assert first["signals"]["failed_vms"] == []
+    assert (first["degraded"], first["refused"], first["problems"], first["unseen"]) == (False, False, [], [])
+    assert first["hosts"] == {URI: {"reachable": True, "domains": {"running": 1, "shutoff": 3}, "cap": None}}
+    assert first["leader"] is True and first["lease_holder"] is None, "a sole scaler holds no lease"
+    assert second["degraded"] is True and second["actions"] == [] and second["depth"] == 123
+    assert second["signals"]["booting_vms"] == ["vm-2"], "started in the tick before"
+    assert any(FAULTS["internal-error"].message in problem for problem in second["problems"])
+    assert second["unseen"] == POOL and second["hosts"][URI]["reachable"] is False
+    assert {domain["state"] for domain in second["domains"].values()} == {"unknown"}
+    assert all(domain["cpu"] is None for domain in second["domains"].values())
+    events.close()

@@ -74,7 +74,8 @@ class FaultyDomain:
 
 class FaultyConnection:
     """A real connection with faults armed per call name (``getAllDomainStats``,
-    ``lookupByName``, and a domain's ``create``, ``shutdown``, ``destroy``, ``info``).
+    ``lookupByName``, ``close``, and a domain's ``create``, ``shutdown``, ``destroy``, ``info``,
+    ``hasManagedSaveImage``).
     An armed fault fires once. Closing it leaves the real connection open, so that a reopen
     (see Opener) finds the domains as they were, as a restarted libvirtd does."""
 
@@ -86,6 +87,8 @@ class FaultyConnection:
         #: While above 0, each bulk stats call lists no domain and counts this down.
         self.empty_lists = 0
         self.calls: list[str] = []
+        #: Times the Hypervisor closed it (dropped it as lost).
+        self.closes = 0
 
     def __getattr__(self, name: str):
         return getattr(self._connection, name)
@@ -106,6 +109,8 @@ class FaultyConnection:
         return 1 if self.alive else 0
 
     def close(self) -> int:
+        self.closes += 1
+        self.before("close")
         self.alive = False
         return 0
 
@@ -124,20 +129,34 @@ class FaultyConnection:
         return FaultyDomain(self._connection.lookupByName(name), self)
 
 
+#: What libvirt.open raises while libvirtd is down: nothing listens on its socket.
+UNREACHABLE = Fault(
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    "Failed to connect socket to '/var/run/libvirt/libvirt-sock': Connection refused",
+    lost=True,
+)
+
+
 class Opener:
     """libvirt.open for the Hypervisor under test: ``uri`` opens (once) a real connection and
     hands out the one FaultyConnection around it, alive again on every reopen; other URIs open
-    as usual. ``opens`` counts the opens of ``uri``."""
+    as usual. ``opens`` counts the opens of ``uri``; while ``down``, opening it fails as it does
+    while libvirtd is not running (``refused`` counts those)."""
 
     def __init__(self, uri: str):
         self.uri = uri
         self.real_open = libvirt.open
         self.connection: FaultyConnection | None = None
         self.opens = 0
+        self.down = False
+        self.refused = 0
 
     def __call__(self, uri: str):
         if uri != self.uri:
             return self.real_open(uri)
+        if self.down:
+            self.refused += 1
+            raise UNREACHABLE.error()
         self.opens += 1
         if self.connection is None:
             self.connection = FaultyConnection(self.real_open(uri))

@@ -1,5 +1,6 @@
 import itertools
 import random
+import warnings
 
 import pytest
 
@@ -85,10 +86,20 @@ def test_sub_second_intervals_count():
 
 
 def test_samples_at_one_time_give_no_figure_and_a_repeated_time_adds_nothing():
-    window = fed(30, sample(7, 1), sample(7, 1))
-    assert percent(window) is None, "no time has passed"
-    window = fed(30, sample(0, 0, vcpus=1), sample(10, 5, vcpus=1), sample(10, 5, vcpus=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no numpy warning on the scaler's stderr every tick
+        window = fed(30, sample(7, 1), sample(7, 1))
+        assert percent(window) is None, "no time has passed"
+        assert percent(window, last_only=True) is None
+    # The counter moved between two samples stamped with the same time (a coarse clock): CPU
+    # time in no wall time is not load, or the figure would say 60 %.
+    window = fed(30, sample(0, 0, vcpus=1), sample(10, 5, vcpus=1), sample(10, 6, vcpus=1))
     assert percent(window) == pytest.approx(50.0)
+
+
+def test_a_window_asked_before_any_sample_knows_nothing():
+    assert percent(CpuWindow(30)) is None
+    assert percent(CpuWindow(30), last_only=True) is None
 
 
 def test_a_reading_beyond_the_vcpus_is_capped_at_100():

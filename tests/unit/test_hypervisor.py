@@ -14,6 +14,7 @@ from tests.support.libvirt_faults import Opener as FaultOpener
 from virtscale import defaults
 from virtscale.scaler import hypervisor as hypervisor_module
 from virtscale.scaler.hypervisor import ActionFailed, Hypervisor, HypervisorRefused, HypervisorUnavailable
+from virtscale.scaler.template import Image, Template, WorkerSettings
 
 NODE = Path(__file__).parent.parent / "data" / "pool-node.xml"
 
@@ -96,6 +97,54 @@ def test_a_refused_action_is_action_failed_naming_the_domain():
         hypervisor.shutdown("vm-9")
 
 
+def test_a_lost_connection_is_dropped_with_a_warning_naming_the_host_and_why(monkeypatch, caplog):
+    uri = f"test://{NODE}"
+    opener = FaultOpener(uri)
+    monkeypatch.setattr(hypervisor_module.libvirt, "open", opener)
+    hypervisor = Hypervisor(uri, "vm", clock=FakeClock())
+    hypervisor.sample()
+    opener.connection.faults["lookupByName"] = FAULTS["system-error"]
+    with pytest.raises(HypervisorUnavailable):
+        hypervisor.destroy("vm-1")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"{uri}: destroy vm-1: {FAULTS['system-error'].message}")
+    ]
+    assert opener.connection.closes == 1, "closed, not left open beside the next one"
+
+
+def test_a_connection_found_dead_is_dropped_and_the_reconnect_is_logged(monkeypatch, caplog):
+    uri = f"test://{NODE}"
+    opener = FaultOpener(uri)
+    monkeypatch.setattr(hypervisor_module.libvirt, "open", opener)
+    clock = FakeClock()
+    hypervisor = Hypervisor(uri, "vm", clock=clock)
+    hypervisor.sample()
+    caplog.set_level("INFO", logger="virtscale.scaler.hypervisor")
+    opener.connection.alive = False  # libvirtd restarted between two calls
+    opener.connection.faults["close"] = FAULTS["invalid-conn"]  # and closing it fails too
+    opener.down = True
+    with pytest.raises(HypervisorUnavailable, match="libvirt-sock"):
+        hypervisor.sample()
+    opener.down = False
+    clock.now = hypervisor.next_attempt
+    assert len(hypervisor.sample()) == 4
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"{uri}: connection to libvirtd lost"),
+        ("INFO", f"{uri}: reconnected to libvirtd"),
+    ]
+
+
+def test_a_save_image_that_cannot_be_checked_means_a_cold_boot(monkeypatch):
+    uri = f"test://{NODE}"
+    opener = FaultOpener(uri)
+    monkeypatch.setattr(hypervisor_module.libvirt, "open", opener)
+    hypervisor = Hypervisor(uri, "vm", clock=FakeClock())
+    hypervisor.sample()
+    opener.connection.faults["hasManagedSaveImage"] = FAULTS["internal-error"]
+    hypervisor.start("vm-1")  # no restore: nothing asks the (absent) guest agent to resume
+    assert hypervisor._connect().lookupByName("vm-1").isActive()
+
+
 def test_reconnect_waits_grow_are_capped_and_never_block(monkeypatch, tmp_path):
     opener = Opener(tmp_path / "none")
     opener.broken = True
@@ -171,3 +220,123 @@ def test_a_restored_guest_gets_the_host_clock_to_the_millisecond_then_its_worker
         "date -u -s @1764195123.457",
         f"systemctl kill --signal=SIGUSR2 {hypervisor_module.WORKER_UNIT}",
     ]
+
+
+def template_with_image(folder: Path) -> Template:
+    """A template whose image files are ``folder``'s rootfs, kernel and initrd."""
+    image = Image(
+        "0123456789abcdef", str(folder / "rootfs"), 2**20, str(folder / "kernel"), str(folder / "initrd")
+    )
+    worker = WorkerSettings("amqp://worker@10.0.2.2:5672/%2F", str(folder / "password"), "licenses", 10)
+    return Template(pool="vm", image=image, worker=worker)
+
+
+def node_with_storage(tmp_path: Path) -> str:
+    """vm-1 (the pool's, defined by an operator, off), vm-2 (the pool's, created by the scaler,
+    running), vm-9 (untagged, running), and the host's default storage pool."""
+    tag = (
+        '<metadata><virtscale:pool xmlns:virtscale="http://virtscale.org/xmlns/pool/1" name="vm" '
+        'origin="{}"/></metadata>'
+    )
+    domain = (
+        '<domain type="test" xmlns:test="http://libvirt.org/schemas/domain/test/1.0"><name>{}</name>{}'
+        "<memory>1048576</memory><vcpu>2</vcpu><os><type>hvm</type></os>{}</domain>"
+    )
+    off = "<test:runstate>5</test:runstate>"
+    path = tmp_path / "node.xml"
+    path.write_text(
+        "<node>"
+        + domain.format("vm-1", tag.format("defined"), off)
+        + domain.format("vm-2", tag.format("template"), "")
+        + domain.format("vm-9", "", "")
+        + '<pool type="dir"><name>default</name><target><path>/var/lib/libvirt/images</path></target></pool>'
+        + "</node>"
+    )
+    return f"test://{path}"
+
+
+def running(hypervisor: Hypervisor) -> dict[str, bool]:
+    return {d.name(): bool(d.isActive()) for d in hypervisor._connect().listAllDomains()}
+
+
+def test_each_action_does_what_it_says_to_its_domain_only_and_logs_it(tmp_path, caplog):
+    uri = node_with_storage(tmp_path)
+    hypervisor = Hypervisor(uri, "vm")
+    caplog.set_level("INFO", logger="virtscale.scaler.hypervisor")
+    hypervisor.start("vm-1")
+    assert running(hypervisor) == {"vm-1": True, "vm-2": True, "vm-9": True}
+    hypervisor.shutdown("vm-1")
+    assert running(hypervisor) == {"vm-1": False, "vm-2": True, "vm-9": True}
+    hypervisor.destroy("vm-2")
+    assert running(hypervisor) == {"vm-1": False, "vm-2": False, "vm-9": True}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{uri}: start vm-1",
+        f"{uri}: shutdown vm-1",
+        f"{uri}: destroy vm-2",
+    ]
+
+
+def test_a_saved_domain_is_shut_off_with_its_memory_and_a_start_restores_it_then_resumes_its_worker(
+    tmp_path, caplog
+):
+    uri = node_with_storage(tmp_path)
+    hypervisor = Hypervisor(uri, "vm")
+    caplog.set_level("INFO", logger="virtscale.scaler.hypervisor")
+    hypervisor.save("vm-2")
+    assert [r.getMessage() for r in caplog.records] == [f"{uri}: save vm-2"]
+    domain = hypervisor._connect().lookupByName("vm-2")
+    assert not domain.isActive() and domain.hasManagedSaveImage(0)
+    # The test driver restores the domain but has no guest agent: the one command that sets
+    # the guest's clock and resumes its worker is what fails, so the start of a saved domain
+    # tries it.
+    with pytest.raises(ActionFailed, match=r"start vm-2 on test://.*virDomainQemuAgentCommand"):
+        hypervisor.start("vm-2")
+    assert domain.isActive() and not domain.hasManagedSaveImage(0)
+    hypervisor.shutdown("vm-2")
+    hypervisor.start("vm-2")  # no save image: a cold boot, no agent needed
+    assert domain.isActive()
+
+
+def test_stopping_a_worker_goes_through_the_guest_agent_of_a_pool_domain_only(tmp_path):
+    hypervisor = Hypervisor(node_with_storage(tmp_path), "vm")
+    with pytest.raises(ActionFailed, match=r"drain vm-2 on test://.*virDomainQemuAgentCommand"):
+        hypervisor.stop_worker("vm-2")
+    with pytest.raises(ActionFailed, match=r"refusing to drain vm-9 .*not tagged for pool 'vm'"):
+        hypervisor.stop_worker("vm-9")
+
+
+def test_a_domain_the_scaler_created_is_deleted_and_one_an_operator_defined_is_not(tmp_path, caplog):
+    uri = node_with_storage(tmp_path)
+    hypervisor = Hypervisor(uri, "vm")
+    caplog.set_level("INFO", logger="virtscale.scaler.hypervisor")
+    hypervisor.delete("vm-2")
+    assert running(hypervisor) == {"vm-1": False, "vm-9": True}, "destroyed and undefined"
+    with pytest.raises(ActionFailed, match="refusing to delete vm-1: defined by an operator"):
+        hypervisor.delete("vm-1")
+    assert running(hypervisor) == {"vm-1": False, "vm-9": True}
+    assert f"{uri}: delete vm-2" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_create_the_host_cannot_complete_is_a_failed_action_that_leaves_nothing(tmp_path):
+    uri = node_with_storage(tmp_path)
+    hypervisor = Hypervisor(uri, "vm")
+    for name in ("rootfs", "kernel", "initrd"):
+        (tmp_path / name).write_bytes(b"image")
+    made = template_with_image(tmp_path)
+    before = running(hypervisor)
+    # The test driver stores volumes but takes no upload: the image cannot reach the host.
+    with pytest.raises(ActionFailed, match=rf"create vm-5 on {re.escape(uri)}: .*virStorageVolUpload"):
+        hypervisor.create("vm-5", made, b"settings", made.tag("a-password"))
+    assert running(hypervisor) == before
+
+
+@pytest.mark.parametrize("name", ["vm-1", "vm-9"])
+def test_create_refuses_a_name_any_domain_has(tmp_path, name):
+    uri = node_with_storage(tmp_path)
+    hypervisor = Hypervisor(uri, "vm")
+    before = running(hypervisor)
+    with pytest.raises(
+        ActionFailed, match=f"refusing to create {name} on {re.escape(uri)}: a domain of that name"
+    ):
+        hypervisor.create(name, None, b"", None)  # refused before the template is read
+    assert running(hypervisor) == before

@@ -319,6 +319,34 @@ def test_a_partial_reading_of_an_empty_queue_starts_no_vm_in_a_pool_at_zero():
 
 def test_impossible_configuration_is_reported():
     assert PolicyConfig(min_vms=5, max_vms=2).problems() == ["--min 5 is more than --max 2"]
+    assert PolicyConfig(cpu_low=80, cpu_high=80).problems() == ["--cpu-low 80 must be below --cpu-high 80"]
+    assert PolicyConfig(drain_fraction=0).problems() == ["drain fraction 0 must be in (0, 1]"]
+    assert PolicyConfig(drain_fraction=1.5).problems() == ["drain fraction 1.5 must be in (0, 1]"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PolicyConfig(min_vms=3, max_vms=3),
+        PolicyConfig(cpu_low=79.5, cpu_high=80),
+        PolicyConfig(drain_fraction=1),
+        PolicyConfig(drain_fraction=0.01),
+    ],
+    ids=["min-equal-to-max", "cpu-low-just-below-high", "drain-all-of-the-slo", "drain-a-sliver"],
+)
+def test_a_configuration_at_the_edge_of_the_possible_is_accepted(config):
+    assert config.problems() == []
+
+
+def test_a_failed_vm_is_left_alone_for_failed_retry_after_then_tried_again():
+    policy = Policy(CONFIG)  # failed_retry_after 600
+    crashed = policy.decide(observe(10_000, pool(ready=["vm-1"], **{"vm-2": "crashed"})))
+    assert crashed.signals["failed_vms"] == ["vm-2"]
+    only_vm_2 = pool(ready=["vm-1"], off=["vm-2"])
+    for now in (10_001, 10_300, 10_599.9):
+        assert actions(policy.decide(observe(now, only_vm_2, depth=80))) == [], now
+    retried = policy.decide(observe(10_600, only_vm_2, depth=80))
+    assert actions(retried) == [("vm-2", START)], retried.reason
 
 
 def test_a_fresh_policy_waits_a_full_window_before_removing_running_vms():

@@ -8,9 +8,12 @@ from dataclasses import replace
 import pytest
 
 from tests.unit.test_policy import CONFIG, actions, observe, pool
+from tests.unit.test_policy_fleet import CONFIG as FLEET_CONFIG
+from tests.unit.test_policy_fleet import observe as fleet_observe
+from tests.unit.test_policy_fleet import ready as fleet_ready
 from virtscale import defaults
 from virtscale.scaler.leadership import Leadership, LeaseTiming
-from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Policy
+from virtscale.scaler.policy import CREATE, DESTROY, SHUTDOWN, START, Policy
 
 
 def follow(policy: Policy, observation):
@@ -29,6 +32,24 @@ def test_a_start_a_standby_did_not_make_leaves_no_boot_behind():
     # Nobody started them: still off a tick later, which is no failed boot.
     later = follow(policy, observe(5, pool(ready=["vm-1"], off=["vm-2", "vm-3", "vm-4"]), depth=150))
     assert policy.failed == {} and "stopped before it consumed" not in later.reason
+
+
+def test_a_crash_a_standby_saw_stays_failed_and_the_starts_after_it_are_forgotten():
+    policy = Policy(CONFIG)
+    decision = follow(
+        policy, observe(0, pool(ready=["vm-1"], off=["vm-3", "vm-4"], **{"vm-2": "crashed"}), depth=150)
+    )
+    assert actions(decision)[0] == ("vm-2", DESTROY) and ("vm-3", START) in actions(decision)
+    assert policy.failed == {"vm-2": 0}, "what the pool showed"
+    assert policy.booting == {} and policy.last_scale_up == float("-inf"), "what it did not do"
+
+
+def test_a_refresh_a_standby_did_not_start_leaves_no_surge_behind():
+    policy = Policy(FLEET_CONFIG)
+    stale = [fleet_ready("vm-1", stale=True), fleet_ready("vm-2", stale=True)]
+    decision = follow(policy, fleet_observe(0, stale, depth=100))
+    assert actions(decision) == [("vm-3", CREATE)]
+    assert policy.refresh_surge is None and policy.booting == {}
 
 
 def test_a_standby_times_a_boot_from_when_it_first_saw_it_and_keeps_that_deadline_when_it_leads():
