@@ -382,24 +382,28 @@ class Policy:
         rate = self.per_vm_rate
         backlog = None
         if obs.depth is not None:
-            vms = {vm.name: vm for vm in obs.vms}
-            per_vm = rate * self._drain_time(vms) if rate else self.config.target_backlog
-            backlog = whole_vms(obs.depth / per_vm - ROUNDING_SLACK, math.ceil)
+            if rate:
+                backlog = self._backlog_vms(obs.depth, rate, len(ready), {vm.name: vm for vm in obs.vms})
+            else:
+                backlog = whole_vms(obs.depth / self.config.target_backlog - ROUNDING_SLACK, math.ceil)
         throughput = None
         if obs.arrival_rate is not None and rate:
             throughput = whole_vms(self.arrival_rate / rate + ROUNDING_SLACK, math.floor)
         cpu = self._cpu_rule(ready, current, obs.now) if throughput is None else None
         return {"backlog": backlog, "throughput": throughput, "cpu": cpu}
 
-    def _drain_time(self, vms: dict[str, VmView]) -> float:
-        """Seconds the backlog signal plans to clear what waits in: drain_fraction of the SLO,
-        less if the next VM (a restore when a saved one is there, else a boot) takes longer than
-        the rest of the SLO to come, for what waits meanwhile still has to meet it."""
+    def _backlog_vms(self, depth: int, rate: float, ready: int, vms: dict[str, VmView]) -> int:
+        """VMs that clear ``depth`` jobs within drain_fraction of the SLO. The ready VMs work the
+        whole time; a VM started now works only once it consumes, so when the ready ones are not
+        enough, the rest is planned with the delay of the VM it will get (a restore when a saved
+        one is there, else a boot), and never with less than MIN_DRAIN_SHARE of the SLO."""
         drain = self.config.slo * self.config.drain_fraction
         delay = self._expected_delay(vms)
-        if delay is None:
-            return drain
-        return max(min(drain, self.config.slo - delay), self.config.slo * MIN_DRAIN_SHARE)
+        cleared_by_ready = ready * rate * drain
+        if delay is None or depth <= cleared_by_ready:
+            return whole_vms(depth / (rate * drain) - ROUNDING_SLACK, math.ceil)
+        window = max(drain - delay, self.config.slo * MIN_DRAIN_SHARE)
+        return ready + whole_vms((depth - cleared_by_ready) / (rate * window) - ROUNDING_SLACK, math.ceil)
 
     def _expected_delay(self, vms: dict[str, VmView]) -> float | None:
         """Seconds the next VM started will take to consume: the warm delay when a saved VM is

@@ -150,14 +150,18 @@ def backlog(decision):
 
 def test_the_backlog_is_planned_with_the_restore_delay_when_a_saved_vm_is_there():
     config = PolicyConfig(**{**CONFIG.__dict__, "slo": 20.0, "warm_boot_delay": 2.0, "cold_boot_delay": 30.0})
-    # 16 s of draining (80% of the SLO; a 2 s restore leaves 18): 10/s x 16 s = 160 jobs a VM.
+    # 16 s to drain in (80% of the SLO) at 10 jobs/s a VM: the ready VM clears 160 of 480 jobs;
+    # a restored VM works 16 - 2 = 14 s, 140 jobs: 320 more need 3 of them.
     warm = learned_rate_policy(config).decide(observe(0, vms(ready=["vm-1"], saved=["vm-2"]), depth=480))
     assert warm.signals["boot_delay"] == 2.0
-    assert backlog(warm) == 3
-    # A 30 s boot leaves no time within a 20 s SLO: the least drain time, 2 s = 20 jobs a VM.
+    assert backlog(warm) == 4
+    # A 30 s boot ends after the 16 s: planned with the least drain time, 2 s (20 jobs a VM).
     cold = learned_rate_policy(config).decide(observe(0, vms(ready=["vm-1"], off=["vm-2"]), depth=480))
     assert cold.signals["boot_delay"] == 30.0
-    assert backlog(cold) == 24
+    assert backlog(cold) == 1 + 16
+    # What the ready VMs clear in time needs no new VM, whatever a boot takes.
+    enough = learned_rate_policy(config).decide(observe(0, vms(ready=["vm-1"], off=["vm-2"]), depth=150))
+    assert backlog(enough) == 1
 
 
 def test_boot_and_restore_delays_are_learned_apart():
