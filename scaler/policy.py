@@ -333,8 +333,10 @@ class Policy:
                 )
             if not actions and obs.complete:
                 actions += self._refresh(obs, ready, booting, notes)
-            if not actions and obs.complete:
+            if not actions and obs.complete and desired >= current:
+                # (While a scale-in waits out its window, its VM will fill the warm pool.)
                 actions += self._fill_warm_pool(obs, vms, notes)
+        self._note_save_room(obs, vms, notes)
         reason = f"{summary}; want {desired} -> {target}"
         if notes:
             reason += "; " + "; ".join(notes)
@@ -740,17 +742,19 @@ class Policy:
             target = min(target, len(self._warm(vms)) + max(obs.save_room, 0))
         return target
 
-    def _fill_warm_pool(self, obs: Observation, vms: dict[str, VmView], notes: list[str]) -> list[Action]:
-        """One more VM towards the warm pool per tick: a shut-off domain booted (or one created)
-        which is saved once its worker consumes; only while nothing else is going on."""
-        have, target = len(self._warm(vms)), self._warm_target(vms, obs)
-        if have >= self.config.warm_pool:
-            return []
-        if target < self.config.warm_pool:
+    def _note_save_room(self, obs: Observation, vms: dict[str, VmView], notes: list[str]) -> None:
+        """Say so when the disks keep the warm pool below --warm-pool."""
+        have = len(self._warm(vms))
+        if have < self.config.warm_pool and self._warm_target(vms, obs) < self.config.warm_pool:
             notes.append(
                 f"warm pool {have} of {self.config.warm_pool}: no disk room for more save images"
                 + (f" ({obs.save_room_note})" if obs.save_room_note else "")
             )
+
+    def _fill_warm_pool(self, obs: Observation, vms: dict[str, VmView], notes: list[str]) -> list[Action]:
+        """One more VM towards the warm pool per tick: a shut-off domain booted (or one created)
+        which is saved once its worker consumes; only while nothing else is going on."""
+        have, target = len(self._warm(vms)), self._warm_target(vms, obs)
         if have >= target or self.booting or self.draining or self.saving:
             return []
         names = self._startable(vms)[:1]
