@@ -514,34 +514,35 @@ class Session:
             f"cancel of {tag}", lambda channel: channel.basic_cancel(tag, callback=lambda _f: on_cancelled())
         )
 
-    def set_prefetch(self, count: int) -> None:
+    def set_prefetch(self, count: int, consumer_tag: str) -> None:
         """A new prefetch count, for this channel and the ones after a reconnect. RabbitMQ applies
         a basic.qos only to consumers that start after it (and quorum queues refuse a channel-wide
-        one), so the consumer re-subscribes under its tag; what it holds stays in hand and is
-        acked as usual."""
+        one), so the consumer re-subscribes, under a new ``consumer_tag`` (RabbitMQ 3.10's channel
+        crashed on a quorum-queue delivery to a tag taken again); what it holds stays in hand and
+        is acked as usual, what was on its way to the old consumer goes back to the queue."""
         self._prefetch = count
         self._on_channel(
             f"prefetch {count}",
-            lambda channel: channel.basic_qos(prefetch_count=count, callback=lambda _f: self._resubscribe()),
+            lambda channel: channel.basic_qos(
+                prefetch_count=count, callback=lambda _f: self._resubscribe(consumer_tag)
+            ),
         )
 
-    def _resubscribe(self) -> None:
+    def _resubscribe(self, new_tag: str) -> None:
         if self._consumer_tag is None or self._subscription is None or self._resizing or not self.usable:
             return
         tag, (queue, deliver) = self._consumer_tag, self._subscription
         self._resizing = True
 
-        def again() -> None:
+        def again(_frame) -> None:
             self._resizing = False
             if self._after_resize is not None:  # a cancel came meanwhile: it has its way
                 cancelled, self._after_resize = self._after_resize, None
                 cancelled()
             elif self.usable:
-                self._channel.basic_consume(queue, deliver, consumer_tag=tag)
+                self._consumer_tag = self._channel.basic_consume(queue, deliver, consumer_tag=new_tag)
 
-        # pika forgets the tag only after the cancel-ok's callbacks: the same tag is taken again
-        # in the next turn of the I/O loop.
-        self._channel.basic_cancel(tag, callback=lambda _frame: self.call_later(0, again))
+        self._channel.basic_cancel(tag, callback=again)
 
     def ack(self, delivery_tag: int) -> None:
         self._on_channel(f"ack of delivery {delivery_tag}", lambda channel: channel.basic_ack(delivery_tag))

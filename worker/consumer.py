@@ -216,7 +216,7 @@ class Worker(ConsumerService):
                 defaults.PREFETCH_SECONDS,
             )
             self.prefetch = wanted
-            session.set_prefetch(wanted)
+            session.set_prefetch(wanted, self._consume_from()[1])
 
     def _dead_letter(
         self, session: Session, delivery_tag: int, body: bytes, reason: str, message_id: str | None
