@@ -31,8 +31,8 @@ def run() -> None:
     for cost, jobs in ((10, 300), (4, 3000)):
         plain = tls = 0.0
         for _ in range(ROUNDS):
-            plain = max(plain, pipeline_rate(cost, jobs, slots, []))
-            tls = max(tls, pipeline_rate(cost, jobs, slots, ["--ca-file", CA_FILE], worker_url=TLS_URL))
+            plain = max(plain, pipeline_rate(cost, jobs, slots, [])[0])
+            tls = max(tls, pipeline_rate(cost, jobs, slots, ["--ca-file", CA_FILE], worker_url=TLS_URL)[0])
         print(f"{f'worker cost {cost}':>18} {plain:>9.1f} {tls:>9.1f} {tls / plain:>6.2f}")
     names = QueueNames(f"bench-{uuid.uuid4().hex[:8]}")
     declare_topology(URL, names, defaults.DELIVERY_LIMIT, BENCH_CONNECTION)

@@ -25,6 +25,7 @@ import tenacity
 from virtscale.backoff import reconnect_wait
 from virtscale.scaler import ownership
 from virtscale.scaler.ownership import FROM_TEMPLATE, PoolTag
+from virtscale.scaler.policy import SAVED
 from virtscale.scaler.provisioning import HostStorage
 from virtscale.scaler.template import Template
 
@@ -47,8 +48,6 @@ STATE_NAMES = {
 BULK_STATS = (
     libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_VCPU
 )
-#: A pool domain shut off with a managed save image: restored, not booted, by a start.
-SAVED = "saved"
 #: Seconds to wait for the guest agent (it answers in milliseconds when the guest runs).
 AGENT_TIMEOUT = 10
 #: Seconds between two tries of a guest agent that has not reconnected yet after a restore.
@@ -350,14 +349,20 @@ class Hypervisor:
 
     def save_room(self, name: str) -> str | None:
         """None if the host's storage has room for ``name``'s save image (its memory, with a
-        margin); else why not. The storage pool's filesystem stands for the host's disk."""
+        margin); else why not."""
+        count, figures = self.save_capacity(name)
+        return None if count > 0 else figures
 
-        def room(connection: libvirt.virConnect) -> str | None:
+    def save_capacity(self, name: str) -> tuple[int, str]:
+        """How many save images of ``name``'s size the host's storage can take now, and the
+        figures behind it. The storage pool's filesystem stands for the host's disk."""
+
+        def room(connection: libvirt.virConnect) -> tuple[int, str]:
             memory = connection.lookupByName(name).info()[2] * 1024  # KiB -> bytes
             available = self._storage(connection).storage_pool().info()[3]
-            if available < memory * SAVE_MARGIN:
-                return f"{available // 2**20} MiB free for a {memory // 2**20} MiB save image"
-            return None
+            image = memory * SAVE_MARGIN
+            count = int(available // image) if image > 0 else 0
+            return count, f"{available // 2**20} MiB free for {memory // 2**20} MiB save images"
 
         return self._call(f"disk room for saving {name}", room, ActionFailed)
 

@@ -211,6 +211,7 @@ class Scaler:
         problems = seen.problems + ([reading.problem or "queue reading degraded"] if reading.degraded else [])
         cpu = {s.name: self.cpu.percent(s.uri, s.name) for s in seen.samples}
         room, room_note, new_names = self._room(seen, problems)
+        save_room, save_room_note = self._save_room(seen)
         observation = Observation(
             now=self.clock(),
             depth=reading.depth,
@@ -222,6 +223,8 @@ class Scaler:
             room=room,
             new_names=new_names,
             room_note=room_note,
+            save_room=save_room,
+            save_room_note=save_room_note,
         )
         before = self.policy.bookkeeping()
         decision = self.policy.decide(observation)
@@ -269,6 +272,25 @@ class Scaler:
         room, note = self.fleet.room(self._rooms, self._template, limit)
         taken = set(seen.host_of) | {name for host in seen.hosts.values() if host for name in host.names}
         return room, note, self.fleet.new_names(taken, room)
+
+    def _save_room(self, seen: DomainsSeen) -> tuple[int | None, str]:
+        """With a warm pool: how many more save images the hosts' disks can take (sized by one
+        pool domain of each host), and the figures; None when no host could tell."""
+        if self.policy.config.warm_pool <= 0:
+            return None, ""
+        total, notes, known = 0, [], False
+        for hypervisor in self.hypervisors:
+            host = seen.hosts.get(hypervisor.uri)
+            if not host or not host.domains:
+                continue
+            try:
+                count, figures = hypervisor.save_capacity(host.domains[0].name)
+            except (ActionFailed, HypervisorUnavailable) as exc:
+                log.warning("%s", exc)
+                continue
+            total, known = total + count, True
+            notes.append(f"{hypervisor.uri}: {figures}")
+        return (total, "; ".join(notes)) if known else (None, "")
 
     def _host_summary(self, seen: DomainsSeen) -> dict[str, dict]:
         """Per host: whether it answered, its pool domains by state, and its cap."""

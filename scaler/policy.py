@@ -43,6 +43,18 @@ CREATE, DELETE = "create", "delete"
 #: Drain a VM and managed-save it into the warm pool; a START of a saved domain restores it.
 SAVE = "save"
 
+#: The state of a pool domain shut off with a managed save image (a warm VM): a START restores
+#: it in seconds instead of booting it.
+SAVED = "saved"
+
+#: Weight of the newest boot (or restore) time in the learned one: boots are few, and each one is
+#: a real measurement of what the next will take.
+DELAY_SMOOTHING = 0.5
+
+#: Least share of the SLO the backlog signal plans to drain in, however long a boot takes: a boot
+#: longer than the SLO cannot be made up by more VMs, and the recommendation stays a number.
+MIN_DRAIN_SHARE = 0.1
+
 #: The state of a pool domain libvirt did not list this tick although it may well exist (its
 #: connection is down, or libvirtd was just restarted and has not reattached its domains yet).
 #: Nothing is concluded from its absence: it is neither stopped, nor failed, nor drained.
@@ -89,6 +101,13 @@ class PolicyConfig:
     #: Seconds after a VM starts consuming before its CPU% counts: until then the CPU window
     #: still holds its boot (a TCG guest boots at 100% CPU), not its share of the work.
     cpu_settle: float = 30.0
+    #: Saved (warm) VMs to keep: booted once, drained and managed-saved, so that a scale-out
+    #: restores one in seconds instead of booting one; scale-in saves VMs while it has room.
+    warm_pool: int = 0
+    #: Seconds from a restore to consuming; None: learned from the restores the policy sees.
+    warm_boot_delay: float | None = None
+    #: Seconds from a cold boot to consuming; None: learned from the boots the policy sees.
+    cold_boot_delay: float | None = None
 
     def problems(self) -> list[str]:
         """What is impossible in this configuration, as messages that say what to fix."""
@@ -145,6 +164,11 @@ class Observation:
     new_names: tuple[str, ...] = ()
     #: Why ``room`` is what it is, for the decision's reason when it limits a scale-up.
     room_note: str = ""
+    #: How many more save images the hosts' disks can take now; None when not known (no warm
+    #: pool, or not measured): then only ``PolicyConfig.warm_pool`` limits the warm pool.
+    save_room: int | None = None
+    #: Why ``save_room`` is what it is, for the decision's reason when it shrinks the warm pool.
+    save_room_note: str = ""
 
     @property
     def complete(self) -> bool:
@@ -177,6 +201,9 @@ class Bookkeeping:
     draining: dict[str, float]
     last_scale_up: float
     refresh_surge: str | None
+    saving: dict[str, float] = field(default_factory=dict)
+    warming: frozenset[str] = frozenset()
+    restoring: frozenset[str] = frozenset()
 
 
 def _put_back(current: dict[str, float], before: dict[str, float], name: str) -> None:
@@ -238,6 +265,14 @@ class Policy:
         self._newly_failed: list[str] = []
         #: The domain a refresh created beyond the count, while it boots (not capacity yet).
         self.refresh_surge: str | None = None
+        #: Started for the warm pool, not as capacity: saved once they consume.
+        self.warming: set[str] = set()
+        #: Draining before their managed save, since when (not capacity any more).
+        self.saving: dict[str, float] = {}
+        #: Started from a save image: their time to consume teaches the warm delay.
+        self.restoring: set[str] = set()
+        #: Seconds from start to consuming as learned, for a restore ("warm") and a boot ("cold").
+        self.learned_delay: dict[str, float | None] = {"warm": None, "cold": None}
 
     # -- the outline -------------------------------------------------------------------
 
@@ -248,9 +283,14 @@ class Policy:
         self._newly_failed = []
         self._hold_boot_clocks(obs)
         self._reconcile(obs, vms, actions, notes)
+        self._reconcile_warm(obs, vms, actions, notes)
         ready = [vm for vm in obs.vms if self._is_ready(vm, obs.consumers_known)]
         self._track_ready(obs.now, ready)
-        booting = [name for name in self.booting if name in vms and self._coming(vms[name], obs.now)]
+        booting = [
+            name
+            for name in self.booting
+            if name in vms and name not in self.warming and self._coming(vms[name], obs.now)
+        ]
         if self.refresh_surge not in booting and all(vm.name != self.refresh_surge for vm in ready):
             self.refresh_surge = None  # it failed or went: the refresh starts over
         # A refresh's extra VM is not counted until a stale one has drained in its place: it
@@ -271,6 +311,9 @@ class Policy:
             "failed_vms": sorted(self._newly_failed, key=natural_key),
             "recommendations": recommendations,
             "per_vm_rate": None if self.per_vm_rate is None else round(self.per_vm_rate, 3),
+            "warm": len(self._warm(vms)),
+            "warm_target": self._warm_target(vms, obs),
+            "boot_delay": self._expected_delay(vms),
         }
         summary = self._summary(obs, ready, booting, recommendations)
         if desired > current:
@@ -290,13 +333,25 @@ class Policy:
                 )
             if not actions and obs.complete:
                 actions += self._refresh(obs, ready, booting, notes)
+            if not actions and obs.complete and desired >= current:
+                # (While a scale-in waits out its window, its VM will fill the warm pool.)
+                actions += self._fill_warm_pool(obs, vms, notes)
+        self._note_save_room(obs, vms, notes)
         reason = f"{summary}; want {desired} -> {target}"
         if notes:
             reason += "; " + "; ".join(notes)
         return Decision(target, tuple(actions), reason, signals)
 
     def bookkeeping(self) -> Bookkeeping:
-        return Bookkeeping(dict(self.booting), dict(self.draining), self.last_scale_up, self.refresh_surge)
+        return Bookkeeping(
+            dict(self.booting),
+            dict(self.draining),
+            self.last_scale_up,
+            self.refresh_surge,
+            dict(self.saving),
+            frozenset(self.warming),
+            frozenset(self.restoring),
+        )
 
     def forget(self, actions: tuple[Action, ...] | list[Action], before: Bookkeeping) -> None:
         """Take back what deciding ``actions`` recorded, as none was taken (a standby decides but
@@ -308,6 +363,12 @@ class Policy:
                 continue  # a crash or a boot timeout: what the pool showed, not what was done
             _put_back(self.booting, before.booting, action.domain)
             _put_back(self.draining, before.draining, action.domain)
+            _put_back(self.saving, before.saving, action.domain)
+            for now_in, was_in in ((self.warming, before.warming), (self.restoring, before.restoring)):
+                if action.domain in was_in:
+                    now_in.add(action.domain)
+                else:
+                    now_in.discard(action.domain)
             if action.domain == self.refresh_surge != before.refresh_surge:
                 self.refresh_surge = before.refresh_surge
         if any(action.action in (START, CREATE) for action in actions):
@@ -323,15 +384,36 @@ class Policy:
         rate = self.per_vm_rate
         backlog = None
         if obs.depth is not None:
-            per_vm = (
-                rate * self.config.slo * self.config.drain_fraction if rate else self.config.target_backlog
-            )
-            backlog = whole_vms(obs.depth / per_vm - ROUNDING_SLACK, math.ceil)
+            if rate:
+                backlog = self._backlog_vms(obs.depth, rate, len(ready), {vm.name: vm for vm in obs.vms})
+            else:
+                backlog = whole_vms(obs.depth / self.config.target_backlog - ROUNDING_SLACK, math.ceil)
         throughput = None
         if obs.arrival_rate is not None and rate:
             throughput = whole_vms(self.arrival_rate / rate + ROUNDING_SLACK, math.floor)
         cpu = self._cpu_rule(ready, current, obs.now) if throughput is None else None
         return {"backlog": backlog, "throughput": throughput, "cpu": cpu}
+
+    def _backlog_vms(self, depth: int, rate: float, ready: int, vms: dict[str, VmView]) -> int:
+        """VMs that clear ``depth`` jobs within drain_fraction of the SLO. The ready VMs work the
+        whole time; a VM started now works only once it consumes, so when the ready ones are not
+        enough, the rest is planned with the delay of the VM it will get (a restore when a saved
+        one is there, else a boot), and never with less than MIN_DRAIN_SHARE of the SLO."""
+        drain = self.config.slo * self.config.drain_fraction
+        delay = self._expected_delay(vms)
+        cleared_by_ready = ready * rate * drain
+        if delay is None or depth <= cleared_by_ready:
+            return whole_vms(depth / (rate * drain) - ROUNDING_SLACK, math.ceil)
+        window = max(drain - delay, self.config.slo * MIN_DRAIN_SHARE)
+        return ready + whole_vms((depth - cleared_by_ready) / (rate * window) - ROUNDING_SLACK, math.ceil)
+
+    def _expected_delay(self, vms: dict[str, VmView]) -> float | None:
+        """Seconds the next VM started will take to consume: the warm delay when a saved VM is
+        there to restore, the cold one otherwise; None while neither is configured nor learned."""
+        kind = "warm" if self._restorable(vms) else "cold"
+        configured = self.config.warm_boot_delay if kind == "warm" else self.config.cold_boot_delay
+        delay = configured if configured is not None else self.learned_delay[kind]
+        return None if delay is None else round(delay, 3)
 
     def _on_tick(self, obs: Observation) -> None:
         """A subclass's own per-tick state, updated before recommend(); the default has none."""
@@ -371,6 +453,8 @@ class Policy:
         tick counts only if the broker sees it consume."""
         if vm.state not in ("running", UNKNOWN) or vm.name in self.draining:
             return False
+        if vm.name in self.saving or vm.name in self.warming:
+            return False  # the warm pool's, not capacity
         if consumers_known:
             return vm.consuming
         return vm.state == "running" and vm.name not in self.booting
@@ -407,8 +491,8 @@ class Policy:
                 # and a destroy that failed is tried again after another drain timeout.
                 self.draining[name] = now
         for vm in obs.vms:
-            if vm.name in self.draining:
-                continue
+            if vm.name in self.draining or vm.name in self.saving:
+                continue  # a parked worker leaves the queue on purpose
             if vm.state == "crashed":
                 actions.append(Action(vm.name, DESTROY))
                 notes.append(f"{vm.name} crashed: destroy")
@@ -416,7 +500,7 @@ class Policy:
                 self._mark_failed(vm.name, now)
             elif vm.state in ("running", UNKNOWN) and obs.consumers_known:
                 if vm.consuming:
-                    self.booting.pop(vm.name, None)
+                    self._learn_delay(vm.name, now)
                 elif vm.state == "running" and vm.name not in self.booting:
                     # Running without a consumer: started by hand, or its worker died. It gets
                     # the same grace as a VM we started, then it is declared failed.
@@ -540,7 +624,10 @@ class Policy:
             return []
         limit = max(self.config.max_start_per_tick, math.floor(current * self.config.max_start_percent / 100))
         count = min(desired - current, limit)
-        actions = [Action(name, START) for name in self._startable(vms)[:count]]
+        restorable = self._restorable(vms)[:count]
+        self.restoring.update(restorable)
+        actions = [Action(name, START) for name in restorable]
+        actions += [Action(name, START) for name in self._startable(vms)[: count - len(actions)]]
         actions += [Action(name, CREATE) for name in self._creatable(obs, vms, count - len(actions))]
         if len(actions) < count:
             notes.append(
@@ -565,6 +652,18 @@ class Policy:
                 and not vm.stale
                 and vm.name not in self.failed
                 and vm.name not in self.draining
+            ),
+            key=natural_key,
+        )
+
+    def _restorable(self, vms: dict[str, VmView]) -> list[str]:
+        """Saved domains (the warm pool), on the current image, not failed lately: a start
+        restores them in seconds."""
+        return sorted(
+            (
+                vm.name
+                for vm in vms.values()
+                if vm.state == SAVED and not vm.stale and vm.name not in self.failed
             ),
             key=natural_key,
         )
@@ -616,11 +715,102 @@ class Policy:
             # min() keeps the first of equals: sorted from the end, the highest-numbered goes.
             by_name = sorted(ready, key=lambda vm: natural_key(vm.name), reverse=True)
             victim = min(by_name, key=_idleness_rank).name
-        self.draining[victim] = obs.now
         # Whichever VM drains, a refresh's new one now counts: it has replaced it.
         self.refresh_surge = None
+        vms = {vm.name: vm for vm in obs.vms}
+        booted = victim not in booting  # a VM still booting has nothing worth saving yet
+        if booted and not vms[victim].stale and len(self._warm(vms)) < self._warm_target(vms, obs):
+            self.saving[victim] = obs.now
+            notes.append(f"save {victim} into the warm pool")
+            return [Action(victim, SAVE)]
+        self.draining[victim] = obs.now
         notes.append(f"shutdown {victim}")
         return [Action(victim, SHUTDOWN)]
+
+    # -- the warm pool -------------------------------------------------------------------
+
+    def _warm(self, vms: dict[str, VmView]) -> list[str]:
+        """The warm pool as it stands: saved domains, those being saved, those warming up."""
+        saved = self._restorable(vms)
+        return saved + [name for name in (*self.saving, *self.warming) if name in vms and name not in saved]
+
+    def _warm_target(self, vms: dict[str, VmView], obs: Observation) -> int:
+        """How many warm VMs to keep: --warm-pool, less where the disks have no room for more
+        save images (those already saved or on their way keep their place)."""
+        target = self.config.warm_pool
+        if obs.save_room is not None:
+            target = min(target, len(self._warm(vms)) + max(obs.save_room, 0))
+        return target
+
+    def _note_save_room(self, obs: Observation, vms: dict[str, VmView], notes: list[str]) -> None:
+        """Say so when the disks keep the warm pool below --warm-pool."""
+        have = len(self._warm(vms))
+        if have < self.config.warm_pool and self._warm_target(vms, obs) < self.config.warm_pool:
+            notes.append(
+                f"warm pool {have} of {self.config.warm_pool}: no disk room for more save images"
+                + (f" ({obs.save_room_note})" if obs.save_room_note else "")
+            )
+
+    def _fill_warm_pool(self, obs: Observation, vms: dict[str, VmView], notes: list[str]) -> list[Action]:
+        """One more VM towards the warm pool per tick: a shut-off domain booted (or one created)
+        which is saved once its worker consumes; only while nothing else is going on."""
+        have, target = len(self._warm(vms)), self._warm_target(vms, obs)
+        if have >= target or self.booting or self.draining or self.saving:
+            return []
+        names = self._startable(vms)[:1]
+        action = START
+        if not names:
+            names, action = self._creatable(obs, vms, 1), CREATE
+        if not names:
+            return []
+        self.warming.add(names[0])
+        self.booting[names[0]] = obs.now
+        notes.append(f"warm pool {have} of {target}: {action} {names[0]} to save it")
+        return [Action(names[0], action)]
+
+    def _reconcile_warm(
+        self, obs: Observation, vms: dict[str, VmView], actions: list[Action], notes: list[str]
+    ) -> None:
+        """A warming VM that consumes is saved; a save that is done (or became a plain shutdown)
+        ends; one whose domain is still up long after its drain is destroyed like any drain."""
+        for name in list(self.warming):
+            vm = vms.get(name)
+            if vm is None or (name not in self.booting and not (vm.consuming and vm.state == "running")):
+                self.warming.discard(name)  # failed, stopped or gone: the fill tries again
+            elif vm.consuming and vm.state == "running":
+                self.warming.discard(name)
+                self.booting.pop(name, None)
+                self.saving[name] = obs.now
+                actions.append(Action(name, SAVE))
+                notes.append(f"save {name} into the warm pool")
+        for name in list(self.saving):
+            vm = vms.get(name)
+            if vm is not None and vm.state in (UNKNOWN, LOST):
+                continue
+            if vm is None or vm.state in (SAVED, "shutoff"):
+                del self.saving[name]
+            elif obs.now - self.saving[name] >= 2 * self.config.drain_timeout:
+                # The save takes its drain and then the writing of the image: twice the drain.
+                del self.saving[name]
+                self.draining[name] = obs.now
+                actions.append(Action(name, DESTROY))
+                notes.append(f"{name} still up {2 * self.config.drain_timeout:g}s after save: destroy")
+        self.restoring &= set(self.booting)
+
+    def _learn_delay(self, name: str, now: float) -> None:
+        """A VM we started consumes: how long that took teaches the warm or the cold delay."""
+        started = self.booting.pop(name, None)
+        kind = "warm" if name in self.restoring else "cold"
+        self.restoring.discard(name)
+        if started is None:
+            return
+        sample = now - started
+        if sample < 0 or not math.isfinite(sample):
+            return
+        previous = self.learned_delay[kind]
+        self.learned_delay[kind] = (
+            sample if previous is None else (1 - DELAY_SMOOTHING) * previous + DELAY_SMOOTHING * sample
+        )
 
     def _summary(
         self,

@@ -75,6 +75,15 @@ def _add_size_options(group, config: PolicyConfig) -> None:
         metavar="N",
         help="VMs started per tick at most: the larger of this and +100%% (default: %(default)s)",
     )
+    group.add_argument(
+        "--warm-pool",
+        type=bounded_int(0, MAX_VMS),
+        default=config.warm_pool,
+        metavar="N",
+        help="saved (warm) VMs to keep besides the running ones: a scale-out restores one in "
+        "seconds instead of booting one; scale-in saves VMs while the warm pool has room "
+        "(default: %(default)s, no warm pool)",
+    )
 
 
 def _add_signal_options(group, config: PolicyConfig) -> None:
@@ -139,13 +148,27 @@ def _add_timing_options(group, config: PolicyConfig) -> None:
             f"between ticks, at least {MIN_INTERVAL:g}",
         ),
         ("--window", POSITIVE_SECONDS, defaults.CPU_WINDOW, "of CPU history averaged"),
+        (
+            "--warm-boot-delay",
+            SECONDS,
+            config.warm_boot_delay,
+            "from a restore to consuming, planned for; default: learned from the restores",
+        ),
+        (
+            "--cold-boot-delay",
+            SECONDS,
+            config.cold_boot_delay,
+            "from a cold boot to consuming, planned for; default: learned from the boots",
+        ),
     ):
         group.add_argument(
             flag,
             type=kind,
             default=default,
             metavar="SECONDS",
-            help=f"seconds {text} (at most {kind.high:.15g}; default: %(default)s)",
+            # A default of None is the learned figure: its text says so.
+            help=f"seconds {text} (at most {kind.high:.15g}"
+            + ("; default: %(default)s)" if default is not None else ")"),
         )
 
 
@@ -164,6 +187,9 @@ def policy_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         drain_timeout=args.drain_timeout,
         idle_to_zero=args.idle_to_zero,
         max_start_per_tick=args.max_start_per_tick,
+        warm_pool=args.warm_pool,
+        warm_boot_delay=args.warm_boot_delay,
+        cold_boot_delay=args.cold_boot_delay,
     )
     problems = config.problems()
     if problems:

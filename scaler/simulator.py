@@ -2,11 +2,13 @@
 
 The world is replaced, not the policy: arrivals come from a load profile or trace (Poisson,
 seeded), VMs have `vcpus` slots that each hash one job in `service_time`, a started VM consumes
-after `boot_delay`, a stopped one finishes the jobs in hand and powers off `shutdown_delay`
-later, the queue is FIFO with prefetch 1 per slot, and the scaler ticks every `interval`
-seconds with the signals it would read live (depth, publish and ack rates, per-VM CPU% over
-its window, which VMs consume). Jobs are simulated one by one, but between two events the
-slot assignment is a heap walk, so a day at a few jobs per second runs in seconds.
+after `boot_delay` (a saved one, restored, after `warm_boot_delay`), a stopped one finishes the
+jobs in hand and powers off (or is saved: a warm VM) `shutdown_delay` later, the queue is FIFO
+with prefetch 1 per slot, and the scaler ticks every `interval` seconds with the signals it
+would read live (depth, publish and ack rates, per-VM CPU% over its window, which VMs consume).
+A saved VM's seconds are counted apart (`warm_vm_seconds`): it holds disk, not CPU. Jobs are
+simulated one by one, but between two events the slot assignment is a heap walk, so a day at a
+few jobs per second runs in seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ import numpy as np
 
 from virtscale import defaults
 from virtscale.load import Rate
-from virtscale.scaler.policy import DESTROY, SHUTDOWN, START, Decision, Observation, Policy, VmView
+from virtscale.scaler.policy import (
+    DESTROY,
+    SAVE,
+    SAVED,
+    SHUTDOWN,
+    START,
+    Decision,
+    Observation,
+    Policy,
+    VmView,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,8 @@ class World:
     service_time: float = defaults.SIM_SERVICE_TIME
     #: Seconds from domain start to its worker consuming (measured).
     boot_delay: float = defaults.SIM_BOOT_DELAY
+    #: Seconds from a saved domain's restore to its worker consuming (measured).
+    warm_boot_delay: float = defaults.SIM_WARM_BOOT_DELAY
     #: Seconds from the last job drained to the domain being off (estimated).
     shutdown_delay: float = defaults.SIM_SHUTDOWN_DELAY
     #: Seconds between scaler ticks.
@@ -58,6 +72,8 @@ class SimResult:
     max_backlog: int
     slo_violation_seconds: float
     scale_actions: int
+    #: Seconds VMs spent saved (the warm pool): disk, not CPU, so apart from vm_seconds.
+    warm_vm_seconds: float = 0.0
     #: Per tick: time, arrival rate, backlog, VMs up (booting + consuming + draining), consuming.
     series: dict = field(default_factory=dict)
 
@@ -75,6 +91,7 @@ class SimResult:
             "jobs": self.jobs,
             "vm_seconds": round(self.vm_seconds, 1),
             "work_vm_seconds": round(self.work_vm_seconds, 1),
+            "warm_vm_seconds": round(self.warm_vm_seconds, 1),
             "efficiency": round(self.efficiency, 4),
             "p50": round(self.p50, 3),
             "p95": round(self.p95, 3),
@@ -104,7 +121,19 @@ def arrival_times(counts: np.ndarray, seed: int) -> np.ndarray:
 class _Vm:
     """One simulated domain."""
 
-    __slots__ = ("busy", "busy_sum", "draining", "ends", "name", "off_at", "ready_at", "started_at", "state")
+    __slots__ = (
+        "busy",
+        "busy_sum",
+        "draining",
+        "ends",
+        "name",
+        "off_at",
+        "ready_at",
+        "saved_at",
+        "saving",
+        "started_at",
+        "state",
+    )
 
     def __init__(self, name: str):
         self.name = name
@@ -113,6 +142,9 @@ class _Vm:
         self.ready_at = math.inf
         self.off_at = math.inf
         self.draining = False
+        #: Draining towards a managed save rather than a shutdown.
+        self.saving = False
+        self.saved_at = 0.0
         self.ends: collections.deque[float] = collections.deque()  # end times of jobs in service
         self.busy: collections.deque[float] = collections.deque()  # start times inside the CPU window
         self.busy_sum = 0.0
@@ -121,7 +153,7 @@ class _Vm:
         return self.state == "running" and not self.draining and self.ready_at <= at
 
     def boot(self, at: float, boot_delay: float) -> None:
-        self.state, self.started_at, self.draining = "running", at, False
+        self.state, self.started_at, self.draining, self.saving = "running", at, False, False
         self.ready_at, self.off_at = at + boot_delay, math.inf
         self.busy.clear()
         self.busy_sum = 0.0
@@ -165,9 +197,17 @@ class _Run:
         self.previous = 0.0  # the previous tick's clock
         self.waiting = 0  # jobs arrived and not started, at the last observation
         self.vm_seconds = 0.0
+        self.warm_vm_seconds = 0.0
         self.actions_taken = 0
         self.max_backlog = 0
-        self.series: dict[str, list] = {"time": [], "rate": [], "backlog": [], "vms": [], "consuming": []}
+        self.series: dict[str, list] = {
+            "time": [],
+            "rate": [],
+            "backlog": [],
+            "vms": [],
+            "consuming": [],
+            "warm": [],
+        }
         for index in range(world.initial_vms):
             self.vms[index].boot(-world.boot_delay, world.boot_delay)
             self.vms[index].started_at = 0.0
@@ -220,7 +260,8 @@ class _Run:
             if vm.draining and vm.state == "running" and not vm.ends:
                 vm.state, vm.off_at = "shutting-down", clock + world.shutdown_delay
             if vm.state == "shutting-down" and vm.off_at <= clock:
-                vm.state, vm.draining = "shutoff", False
+                vm.state, vm.draining = (SAVED if vm.saving else "shutoff"), False
+                vm.saved_at = vm.off_at
                 self.vm_seconds += vm.off_at - vm.started_at
 
     def observe(self, clock: float, *, first: bool) -> Observation:
@@ -262,12 +303,15 @@ class _Run:
         for action in decision.actions:
             index = self.index_of[action.domain]
             vm = self.vms[index]
-            if action.action == START and vm.state == "shutoff":
-                vm.boot(clock, world.boot_delay)
+            if action.action == START and vm.state in ("shutoff", SAVED):
+                if vm.state == SAVED:
+                    self.warm_vm_seconds += clock - vm.saved_at
+                vm.boot(clock, world.warm_boot_delay if vm.state == SAVED else world.boot_delay)
                 self.booting.append((vm.ready_at, index))
                 self.actions_taken += 1
-            elif action.action in (SHUTDOWN, DESTROY) and vm.state == "running":
+            elif action.action in (SHUTDOWN, DESTROY, SAVE) and vm.state == "running":
                 vm.draining = True
+                vm.saving = action.action == SAVE
                 if vm.ready_at > clock:  # still booting: nothing to drain
                     self.booting = [(at, i) for at, i in self.booting if i != index]
                     vm.state, vm.off_at = "shutting-down", clock + world.shutdown_delay
@@ -278,13 +322,16 @@ class _Run:
         self.series["time"].append(clock)
         self.series["rate"].append(observation.arrival_rate)
         self.series["backlog"].append(self.waiting)
-        self.series["vms"].append(sum(1 for vm in self.vms if vm.state != "shutoff"))
+        self.series["vms"].append(sum(1 for vm in self.vms if vm.state not in ("shutoff", SAVED)))
         self.series["consuming"].append(sum(1 for view in observation.vms if view.consuming))
+        self.series["warm"].append(sum(1 for vm in self.vms if vm.state == SAVED))
 
     def result(self, policy_name: str, clock: float) -> SimResult:
         """The run's totals; VMs still up are counted until ``clock``, the last tick."""
         for vm in self.vms:
-            if vm.state != "shutoff":
+            if vm.state == SAVED:
+                self.warm_vm_seconds += clock - vm.saved_at
+            elif vm.state != "shutoff":
                 self.vm_seconds += clock - vm.started_at
         arrivals, service = self.arrivals, self.world.service_time
         latencies = self.starts - arrivals + service
@@ -300,6 +347,7 @@ class _Run:
             max_backlog=self.max_backlog,
             slo_violation_seconds=slo_violation_seconds(arrivals, self.starts, self.world.slo),
             scale_actions=self.actions_taken,
+            warm_vm_seconds=self.warm_vm_seconds,
             series=self.series,
         )
 

@@ -361,6 +361,11 @@ class Session:
         self._pending: collections.OrderedDict[int, tuple[str | None, OnConfirm]] = collections.OrderedDict()
         self._returned: set[str] = set()
         self._consumer_tag: str | None = None
+        #: The consumer's queue and delivery callback, to re-subscribe after a prefetch change.
+        self._subscription: tuple[str, Callable] | None = None
+        #: A prefetch change is re-subscribing the consumer; a cancel meanwhile waits for it.
+        self._resizing = False
+        self._after_resize: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -550,6 +555,7 @@ class Session:
                 )
 
         def start(channel) -> None:
+            self._subscription = (queue, deliver)
             self._consumer_tag = channel.basic_consume(queue, deliver, consumer_tag=consumer_tag)
 
         self._on_channel(f"consuming from {queue}", start)
@@ -590,6 +596,9 @@ class Session:
 
     def cancel(self, on_cancelled: Callable[[], None]) -> None:
         """Stop receiving new deliveries, then ``on_cancelled()``; those in hand can still be acked."""
+        if self._resizing:  # between the cancel and the consume of a prefetch change
+            self._consumer_tag, self._after_resize = None, on_cancelled
+            return
         if self._consumer_tag is None or not self.usable:
             on_cancelled()
             return
@@ -597,6 +606,36 @@ class Session:
         self._on_channel(
             f"cancel of {tag}", lambda channel: channel.basic_cancel(tag, callback=lambda _f: on_cancelled())
         )
+
+    def set_prefetch(self, count: int, consumer_tag: str) -> None:
+        """A new prefetch count, for this channel and the ones after a reconnect. RabbitMQ applies
+        a basic.qos only to consumers that start after it (and quorum queues refuse a channel-wide
+        one), so the consumer re-subscribes, under a new ``consumer_tag`` (RabbitMQ 3.10's channel
+        crashed on a quorum-queue delivery to a tag taken again); what it holds stays in hand and
+        is acked as usual, what was on its way to the old consumer goes back to the queue."""
+        self._prefetch = count
+        self._on_channel(
+            f"prefetch {count}",
+            lambda channel: channel.basic_qos(
+                prefetch_count=count, callback=lambda _f: self._resubscribe(consumer_tag)
+            ),
+        )
+
+    def _resubscribe(self, new_tag: str) -> None:
+        if self._consumer_tag is None or self._subscription is None or self._resizing or not self.usable:
+            return
+        tag, (queue, deliver) = self._consumer_tag, self._subscription
+        self._resizing = True
+
+        def again(_frame) -> None:
+            self._resizing = False
+            if self._after_resize is not None:  # a cancel came meanwhile: it has its way
+                cancelled, self._after_resize = self._after_resize, None
+                cancelled()
+            elif self.usable:
+                self._consumer_tag = self._channel.basic_consume(queue, deliver, consumer_tag=new_tag)
+
+        self._channel.basic_cancel(tag, callback=again)
 
     def ack(self, delivery_tag: int) -> None:
         self._on_channel(f"ack of delivery {delivery_tag}", lambda channel: channel.basic_ack(delivery_tag))

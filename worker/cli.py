@@ -21,7 +21,7 @@ from virtscale.config import (
     queue_names,
 )
 from virtscale.naming import worker_consumer_tag
-from virtscale.worker.consumer import Worker, default_concurrency
+from virtscale.worker.consumer import MAX_PREFETCH, Worker, default_concurrency
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ MIN_COST, MAX_COST = 4, 31
 #: Hashing threads at most: far more than any machine has cores to run them.
 MAX_CONCURRENCY = 1024
 
-#: AMQP's prefetch count (concurrency x prefetch per slot) is a 16-bit number.
-MAX_PREFETCH = 65535
 
 #: The longest name, in UTF-8 bytes, that fits a consumer tag (255 bytes) with its prefix and suffix.
 MAX_NAME_BYTES = 255 - len(worker_consumer_tag("", "12345678"))
@@ -57,6 +55,13 @@ def concurrency(text: str) -> int:
     if value > MAX_CONCURRENCY:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_CONCURRENCY}, got {text!r}")
     return value
+
+
+def prefetch_per_slot(text: str) -> int | None:
+    """A whole number of jobs, or "auto" (None): sized by time."""
+    if text.strip().lower() == "auto":
+        return None
+    return positive_int(text)
 
 
 def worker_name(text: str) -> str:
@@ -94,11 +99,12 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument(
         "--prefetch-per-slot",
-        type=positive_int,
+        type=prefetch_per_slot,
         metavar="JOBS",
-        default=1,
-        help="unacked jobs held per hashing thread; 1 lets a new worker take work at once "
-        "(default: %(default)s)",
+        default=None,
+        help="unacked jobs held per hashing thread, or auto: about "
+        f"{defaults.PREFETCH_SECONDS:g} s of work, sized from the measured hashing time "
+        "(one job until measured) (default: auto)",
     )
     parser.add_argument(
         "--name",
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     urls = broker_nodes(resolve_and_check_amqp_urls(parser, args), args)
-    if args.concurrency * args.prefetch_per_slot > MAX_PREFETCH:
+    if args.prefetch_per_slot and args.concurrency * args.prefetch_per_slot > MAX_PREFETCH:
         parser.error(f"--concurrency times --prefetch-per-slot must be at most {MAX_PREFETCH}")
     configure_logging(args.log_level, args.log_format)
     worker = Worker(

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pika
 
+from virtscale import defaults
 from virtscale.broker import BrokerUrls, Session
 from virtscale.consuming import ConsumerService
 from virtscale.messages import InvalidMessage, Job, Result, loggable_id, parse_job
@@ -24,6 +25,15 @@ from virtscale.naming import QueueNames, connection_name, worker_consumer_tag
 from virtscale.worker.hashing import hash_license
 
 log = logging.getLogger(__name__)
+
+#: AMQP's prefetch count is a 16-bit number.
+MAX_PREFETCH = 65535
+
+
+def sized_prefetch(concurrency: int, mean_hash_seconds: float) -> int:
+    """About PREFETCH_SECONDS of work per slot, at least one job, within AMQP's 16 bits."""
+    per_slot = max(1, round(defaults.PREFETCH_SECONDS / max(mean_hash_seconds, 1e-9)))
+    return min(concurrency * per_slot, MAX_PREFETCH)
 
 
 class Worker(ConsumerService):
@@ -35,7 +45,7 @@ class Worker(ConsumerService):
         cost: int,
         concurrency: int,
         name: str,
-        prefetch_per_slot: int = 1,
+        prefetch_per_slot: int | None = None,
         login: str | None = None,
     ):
         super().__init__(urls, names)
@@ -45,7 +55,14 @@ class Worker(ConsumerService):
         self.cost = cost
         self.concurrency = concurrency
         self.name = name
-        self.prefetch = concurrency * prefetch_per_slot
+        #: None: sized by time from the measured hashing time (one job per slot until then).
+        self.prefetch_per_slot = prefetch_per_slot
+        self.prefetch = min(concurrency * (prefetch_per_slot or 1), MAX_PREFETCH)
+        #: Mean seconds of one hash, and the jobs it was measured on.
+        self.mean_hash_seconds: float | None = None
+        self._timed_jobs = 0
+        #: Monotonic time of the last prefetch change (none yet).
+        self._resized_at = -float("inf")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bcrypt")
         self.hashed = 0
         self.dead_lettered = 0
@@ -58,11 +75,11 @@ class Worker(ConsumerService):
     def run(self) -> None:
         """Work until asked to stop; raises BrokerRefused on a configuration error."""
         log.info(
-            "worker %s: cost %d, %d slot(s), prefetch %d, queue %s",
+            "worker %s: cost %d, %d slot(s), prefetch %s, queue %s",
             self.name,
             self.cost,
             self.concurrency,
-            self.prefetch,
+            self.prefetch if self.prefetch_per_slot else f"{self.prefetch} until sized by time",
             self.names.jobs,
         )
         try:
@@ -162,6 +179,7 @@ class Worker(ConsumerService):
                 session, delivery_tag, job.to_json(), f"hashing failed: {type(exc).__name__}", job.id
             )
             return
+        self._time_job(session, hash_ms / 1000.0)
         result = Result(
             id=job.id,
             hash=digest,
@@ -178,6 +196,36 @@ class Worker(ConsumerService):
             exchange=self.names.results_exchange,
             user_id=self.login,
         )
+
+    def _time_job(self, session: Session, seconds: float) -> None:
+        """Fold one hash's time into the mean; with the prefetch sized by time, resize it once
+        the mean has settled and moved it by PREFETCH_CHANGE_FACTOR, at most every
+        PREFETCH_CHANGE_INTERVAL seconds."""
+        self._timed_jobs += 1
+        mean = self.mean_hash_seconds
+        if mean is None or self._timed_jobs <= defaults.PREFETCH_SETTLE_JOBS:
+            mean = seconds if mean is None else mean + (seconds - mean) / self._timed_jobs
+        else:
+            mean += defaults.HASH_TIME_SMOOTHING * (seconds - mean)
+        self.mean_hash_seconds = mean
+        if self.prefetch_per_slot or self._timed_jobs < defaults.PREFETCH_SETTLE_JOBS:
+            return
+        now = time.monotonic()
+        if now - self._resized_at < defaults.PREFETCH_CHANGE_INTERVAL:
+            return
+        wanted = sized_prefetch(self.concurrency, mean)
+        factor = defaults.PREFETCH_CHANGE_FACTOR
+        if wanted >= self.prefetch * factor or wanted * factor <= self.prefetch:
+            self._resized_at = now
+            log.info(
+                "worker %s: prefetch %d (%.1f ms a hash, %g s of work per slot)",
+                self.name,
+                wanted,
+                mean * 1000,
+                defaults.PREFETCH_SECONDS,
+            )
+            self.prefetch = wanted
+            session.set_prefetch(wanted, self._consume_from()[1])
 
     def _dead_letter(
         self, session: Session, delivery_tag: int, body: bytes, reason: str, message_id: str | None

@@ -136,11 +136,13 @@ def world_from(parser: argparse.ArgumentParser, args: argparse.Namespace, config
         vcpus=args.vcpus,
         service_time=args.service_time,
         boot_delay=args.boot_delay,
+        # The policy's --warm-boot-delay, when given, is also what a restore takes in the model.
+        warm_boot_delay=World.warm_boot_delay if config.warm_boot_delay is None else config.warm_boot_delay,
         shutdown_delay=args.shutdown_delay,
         interval=args.interval,
         window=args.window,
         slo=config.slo,
-        pool_size=config.max_vms,
+        pool_size=config.max_vms + config.warm_pool,
         initial_vms=initial_vms,
     )
 

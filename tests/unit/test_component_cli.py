@@ -112,3 +112,21 @@ def test_the_worker_imports_nothing_debian_12_lacks():
     )
     beyond = imported - loaded_modules("pass") - set(sys.stdlib_module_names)
     assert beyond <= {"virtscale", "pika", "bcrypt", "tenacity", "_cffi_backend"}, beyond
+
+
+def test_the_prefetch_is_sized_to_about_a_second_of_work_per_slot():
+    from virtscale.worker.consumer import MAX_PREFETCH, sized_prefetch
+
+    assert sized_prefetch(2, 0.001) == 2 * 1000, "cost 4: a millisecond a hash"
+    assert sized_prefetch(2, 0.052) == 2 * 19, "cost 10: 52 ms"
+    assert sized_prefetch(4, 0.5) == 4 * 2
+    assert sized_prefetch(3, 5.0) == 3, "a job longer than a second: still one a slot"
+    assert sized_prefetch(64, 0.0) == MAX_PREFETCH, "within AMQP's 16 bits"
+
+
+def test_prefetch_per_slot_takes_auto_or_a_number():
+    from virtscale.worker.cli import build_parser
+
+    assert build_parser().parse_args([]).prefetch_per_slot is None
+    assert build_parser().parse_args(["--prefetch-per-slot", "auto"]).prefetch_per_slot is None
+    assert build_parser().parse_args(["--prefetch-per-slot", "3"]).prefetch_per_slot == 3

@@ -142,3 +142,39 @@ def test_a_scale_down_costs_the_shutdown_delay_in_vm_seconds():
     slow_off = simulate(Policy(config), slow, arrivals)
     assert fast_off.scale_actions == slow_off.scale_actions == 1
     assert slow_off.vm_seconds - fast_off.vm_seconds == pytest.approx(3.0)
+
+
+# -- the warm pool ---------------------------------------------------------------------------
+
+
+def spike(seconds: float = 900.0) -> np.ndarray:
+    """1 job/s, then 12/s for a minute from t = 600: more than one VM can serve (5/s)."""
+    quiet = evenly(1.0, seconds)
+    burst = 600.0 + evenly(12.0, 60.0)
+    return np.sort(np.concatenate([quiet, burst]))
+
+
+def test_the_warm_pool_is_filled_then_restored_at_the_restore_delay():
+    world = replace(WORLD, warm_boot_delay=2.0, pool_size=6)
+    config = PolicyConfig(min_vms=1, max_vms=4, slo=20.0, warm_pool=2)
+    result = simulate(Policy(config), world, spike())
+    warm = result.series["warm"]
+    assert max(warm) == 2, "two VMs booted and saved, no more"
+    at_spike = result.series["time"].index(600.0)
+    assert warm[at_spike] == 2
+    assert min(warm[at_spike:]) < 2, "the spike restored saved VMs"
+    assert result.warm_vm_seconds > 0
+    cold = simulate(Policy(replace(config, warm_pool=0)), world, spike())
+    assert cold.warm_vm_seconds == 0 and max(cold.series["warm"]) == 0
+    assert result.p99 < cold.p99, "a restore serves the spike sooner than a boot"
+
+
+def test_saved_seconds_are_counted_apart_from_running_ones():
+    # No load at all: one VM runs throughout, one is booted (30 s), drained and saved (3 s).
+    world = replace(WORLD, pool_size=3)
+    result = simulate(
+        Policy(PolicyConfig(min_vms=1, max_vms=1, warm_pool=1)), world, evenly(0.01, 600), horizon=600
+    )
+    assert result.vm_seconds == pytest.approx(600 + 30 + 5 + 3, abs=10)
+    assert result.warm_vm_seconds == pytest.approx(600 - 40, abs=10)
+    assert "warm_vm_seconds" in result.summary()

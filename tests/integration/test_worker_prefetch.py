@@ -1,0 +1,78 @@
+"""The worker's prefetch sized by time, against the real RabbitMQ: about a second of work per
+slot once the hashing time is measured, applied to the running consumer; a fixed
+--prefetch-per-slot is kept as given."""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+import requests
+
+from tests.conftest import TEST_CONNECTION, known_jobs, port_open, publish_raw, require, wait_until
+from virtscale.broker import queue_counts
+
+pytestmark = pytest.mark.broker
+
+MANAGEMENT_URL = "http://127.0.0.1:15672"
+
+
+def consumer_prefetch(queue: str) -> list[int]:
+    """The prefetch count of each consumer of ``queue``, as the broker applies it."""
+    response = requests.get(f"{MANAGEMENT_URL}/api/consumers/%2F", auth=("guest", "guest"), timeout=10)
+    response.raise_for_status()
+    return [c["prefetch_count"] for c in response.json() if c["queue"]["name"] == queue]
+
+
+def start_worker(processes, broker_url, names, *extra):
+    return processes.start(
+        "virtscale.worker",
+        "--amqp-url",
+        broker_url,
+        "--queue",
+        names.jobs,
+        "--cost",
+        "4",
+        "--concurrency",
+        "2",
+        "--name",
+        "w-prefetch",
+        *extra,
+        name="worker",
+    )
+
+
+def results(broker_url, names) -> int:
+    return queue_counts(broker_url, names.results, TEST_CONNECTION)[0]
+
+
+def test_the_prefetch_grows_to_about_a_second_of_work_per_slot(broker_url, names, processes):
+    require(port_open("127.0.0.1", 15672), "RabbitMQ management on 127.0.0.1:15672")
+    publish_raw(broker_url, names.jobs, known_jobs(3000, seed=3, produced_at=1.0)[1])
+    worker = start_worker(processes, broker_url, names)
+    resized = wait_until(
+        lambda: re.findall(r"prefetch (\d+) \(", processes.output(worker)), 60, "the prefetch sized by time"
+    )
+    sized = int(resized[-1])
+    # A cost-4 hash takes a few milliseconds at most: a second of it is far more than one a slot.
+    assert sized >= 2 * 10
+    wait_until(lambda: results(broker_url, names) == 3000, 120, "every job hashed")
+    # The consumer the broker now serves has the new prefetch (re-subscribed, not only basic.qos).
+    latest = int(re.findall(r"prefetch (\d+) \(", processes.output(worker))[-1])
+    assert consumer_prefetch(names.jobs) == [latest]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, processes.output(worker)
+    assert queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 0
+
+
+def test_an_explicit_prefetch_per_slot_is_kept(broker_url, names, processes):
+    require(port_open("127.0.0.1", 15672), "RabbitMQ management on 127.0.0.1:15672")
+    publish_raw(broker_url, names.jobs, known_jobs(1000, seed=4, produced_at=1.0)[1])
+    worker = start_worker(processes, broker_url, names, "--prefetch-per-slot", "3")
+    wait_until(lambda: results(broker_url, names) == 1000, 120, "every job hashed")
+    assert consumer_prefetch(names.jobs) == [6]
+    assert "prefetch 6, queue" in processes.output(worker)
+    assert not re.search(r"prefetch \d+ \(", processes.output(worker))
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, processes.output(worker)
