@@ -151,7 +151,10 @@ def equivalent_mutants(survivors: set[str], patterns: list[str]) -> tuple[set[st
         if not line.strip() or line.startswith("#"):
             continue
         try:
-            name, mutated, reason = (part.strip() for part in line.split(" | ", 2))
+            # The mutated line may hold " | " itself (a type union): the reason never does.
+            name, rest = line.split(" | ", 1)
+            mutated, reason = (part.strip() for part in rest.rsplit(" | ", 1))
+            name = name.strip()
         except ValueError:
             problems.append(f"line {number}: not NAME | MUTATED LINE | REASON")
             continue
