@@ -236,7 +236,8 @@ def test_a_stop_finishes_and_acks_the_jobs_in_hand_and_takes_no_more(broker_url,
     assert len(delivered) < 20, "the stop came too late to test anything"
     assert queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 20 - len(delivered)
     said = [r.getMessage() for r in caplog.records if r.name == "virtscale.worker.consumer"]
-    assert said[0] == f"worker w-in-process: cost 10, 2 slot(s), prefetch 2 until sized by time, queue {names.jobs}"
+    start = f"worker w-in-process: cost 10, 2 slot(s), prefetch 2 until sized by time, queue {names.jobs}"
+    assert said[0] == start
     assert any(re.fullmatch(r"worker w-in-process draining: [12] job\(s\) in hand", line) for line in said)
     assert said[-1] == f"worker w-in-process stopped: {len(delivered)} hashed, 0 dead-lettered"
 
