@@ -86,7 +86,7 @@ def start_pool(tmp_path, broker_url, names, management, processes, free_mib=None
         connection.lookupByName(name).create()
         workers[name] = processes.start(
             "virtscale.worker",
-            *("--amqp-url", broker_url, "--queue", names.jobs, "--name", name, "--cost", "4"),
+            *("--amqp-url", broker_url, "--queue", names.jobs, "--name", name, "--cost", "10"),
             name=name,
         )
     wait_until(lambda: len(scaler.monitor.read().consuming) == 2, 60, "two VMs consuming")
@@ -120,6 +120,7 @@ def test_scale_in_saves_a_vm_and_scale_out_restores_it_first(
     saved = tick_until(scaler, clock, lambda r: r.domains()["vm-2"]["state"] == "saved", "vm-2 saved")
     assert saved.event()["domains"]["vm-2"]["state"] == "saved"
     assert scaler.hypervisors[0]._connect().lookupByName("vm-2").hasManagedSaveImage(0)
+    # Cost-10 jobs: a backlog the workers' prefetch (about a second of work a slot) cannot hide.
     publish_raw(broker_url, names.jobs, known_jobs(3000, seed=1, produced_at=1.0)[1])
     wait_until(lambda: (scaler.monitor.read().depth or 0) >= 1000, 30, "a backlog")
     out = tick_until(scaler, clock, lambda r: actions(r), "a scale-out")
