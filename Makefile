@@ -124,10 +124,11 @@ test: broker postgres
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
-# make mutate: mutmut over the modules where a bug loses or leaks data (setup.cfg's [mutmut]),
-# under the unit tests and the broker tests that take seconds; ends with `mutation score: K/N
-# killed (P%)`. Equivalent survivors: tests/mutation/equivalent.txt. make coverage: branch
-# coverage of the same modules under the same tests. Both work in var/mutate.
+# make mutate: mutmut over the modules where a bug loses or leaks data or wrongly starts or stops
+# VMs (setup.cfg's [mutmut]), under the unit tests and the broker and libvirt test-driver tests
+# that take seconds; ends with `mutation score: K/N killed (P%)`. Equivalent survivors:
+# tests/mutation/equivalent.txt. make coverage: branch coverage of the same modules under the
+# same tests. Both work in var/mutate.
 mutate: broker
 	@$(BIN)/python -m tests.mutation mutate $(ARGS)
 
