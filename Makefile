@@ -118,6 +118,8 @@ cluster: setup
 cluster-stop: setup
 	@$(BIN)/python -m deploy.rabbitmq.cluster stop
 
+# The tests and benchmarks also use the TLS listener (a VM over amqps://, the cost of TLS).
+test bench: TLS = 1
 test: broker postgres
 	$(BIN)/python -m pytest $(ARGS)
 
