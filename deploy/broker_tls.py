@@ -130,9 +130,16 @@ def restart_rabbitmq() -> None:
     if managed:
         subprocess.run(["systemctl", "restart", "rabbitmq-server"], check=True)
     else:
-        subprocess.run(["rabbitmqctl", "-q", "stop"], check=False)
-        time.sleep(1)
+        # shutdown, unlike stop, returns only once the node's OS process has exited.
+        subprocess.run(["rabbitmqctl", "-q", "shutdown"], check=False)
         subprocess.run(["rabbitmq-server", "-detached"], check=True)
+    # A detached node takes a few seconds to register with epmd; until then await_startup
+    # fails at once (exit 69), so wait for it to answer first.
+    deadline = time.monotonic() + 120
+    while subprocess.run(["rabbitmqctl", "-q", "ping"], capture_output=True, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{PROG}: RabbitMQ did not come back within 120 s after its restart")
+        time.sleep(1)
     subprocess.run(["rabbitmqctl", "-q", "await_startup", "--timeout", "120"], check=True)
 
 
