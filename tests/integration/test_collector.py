@@ -89,7 +89,7 @@ def test_a_copy_of_a_stored_result_is_counted_acked_and_not_stored_again(
     assert (collector.stored, collector.duplicates) == (4, 3), "7 received: 4 stored, 3 copies ignored"
     assert sqlite.stats()["duplicates_ignored"] == 3
     said = [r.getMessage() for r in caplog.records]
-    assert "collector stopped: 4 stored, 3 duplicates ignored" in said
+    assert "collector stopped: 4 stored, 3 duplicates ignored, 0 from a publisher not entitled" in said
     assert "stored 3, ignored 0 duplicate(s)" in said, "the first batch"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert queue_depth(broker_url, names.results) == 0

@@ -138,6 +138,7 @@ def test_stats_prints_the_sqlite_shape(postgres):
         "latency_seconds": {"p50": 2.0, "p95": 2.9, "p99": 2.98},
         "per_worker": {"vm-1": 1, "vm-2": 1},
         "dead_lettered": None,
+        "impostor_results": None,
     }
 
 
