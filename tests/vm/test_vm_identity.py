@@ -102,8 +102,13 @@ def test_a_vm_of_its_own_user_works_over_tls_and_its_user_goes_with_it(broker_ur
 
         wait_until(lambda: {job_id for job_id, _w in stored()} == ids, 420, "the VM's results stored")
         assert {worker for _id, worker in stored()} == {domain}
-        connections = api("connections?columns=user,ssl").json()
-        assert [c["ssl"] for c in connections if c.get("user") == vm_user(domain)] == [True]
+
+        def vm_connections_tls() -> list[bool]:
+            connections = api("connections?columns=user,ssl").json()
+            return [c["ssl"] for c in connections if c.get("user") == vm_user(domain)]
+
+        # The management API lists a connection once its statistics are collected (every 5 s).
+        assert wait_until(vm_connections_tls, 60, "the VM's connection listed") == [True]
     finally:
         subprocess.run([*vms, "undefine", "--pool", pool, *provisioner], check=False)
         delete_topology(broker_url, names, TEST_CONNECTION)
