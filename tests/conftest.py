@@ -17,7 +17,7 @@ import pika
 import pytest
 
 from tests.support import postgres as test_postgres
-from virtscale.broker import declare_topology, delete_topology
+from virtscale.broker import Session, declare_topology, delete_topology
 from virtscale.naming import QueueNames
 from virtscale.producer.licenses import LicenseGenerator
 
@@ -218,3 +218,17 @@ def postgres() -> Iterator[test_postgres.Schema]:
     schema = test_postgres.Schema()
     yield schema
     schema.drop()
+
+
+@pytest.fixture
+def acks(monkeypatch) -> list[int]:
+    """Every delivery tag acked through a Session, as it is acked."""
+    acked: list[int] = []
+    ack = Session.ack
+
+    def counted(session, delivery_tag: int) -> None:
+        acked.append(delivery_tag)
+        ack(session, delivery_tag)
+
+    monkeypatch.setattr(Session, "ack", counted)
+    return acked

@@ -26,7 +26,7 @@ from tests.conftest import (
 )
 from tests.integration.test_pipeline import CollectorThread, result_body
 from virtscale import defaults
-from virtscale.broker import Session, queue_counts
+from virtscale.broker import queue_counts
 from virtscale.collector.consumer import Collector
 from virtscale.collector.sqlite_store import SQLiteStore
 
@@ -34,19 +34,6 @@ pytestmark = pytest.mark.broker
 
 #: Seconds a step may take before the test fails: each takes a second or two when all is well.
 PATIENCE = 10
-
-
-@pytest.fixture
-def acks(monkeypatch) -> list[int]:
-    acked: list[int] = []
-    ack = Session.ack
-
-    def counted(session, delivery_tag: int) -> None:
-        acked.append(delivery_tag)
-        ack(session, delivery_tag)
-
-    monkeypatch.setattr(Session, "ack", counted)
-    return acked
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from tests.integration.test_pipeline import CollectorThread, WriteLock, result_b
 from tests.support import postgres as test_postgres
 from tests.support.proxy import CuttableProxy
 from virtscale import defaults
-from virtscale.broker import Session, queue_counts
+from virtscale.broker import queue_counts
 from virtscale.collector import postgres_store, sqlite_store
 from virtscale.collector.postgres_store import PostgresStore
 from virtscale.collector.sqlite_store import SQLiteStore
@@ -56,20 +56,6 @@ def quick_retries(monkeypatch):
     monkeypatch.setattr(defaults, "RECONNECT_INITIAL", 0.05)
     monkeypatch.setattr(defaults, "RECONNECT_JITTER", 0.05)
     monkeypatch.setattr(defaults, "RECONNECT_MAX", 0.5)
-
-
-@pytest.fixture
-def acks(monkeypatch) -> list[int]:
-    """Every delivery tag the collector acks, as it acks it."""
-    acked: list[int] = []
-    ack = Session.ack
-
-    def counted(session, delivery_tag: int) -> None:
-        acked.append(delivery_tag)
-        ack(session, delivery_tag)
-
-    monkeypatch.setattr(Session, "ack", counted)
-    return acked
 
 
 def test_a_store_that_cannot_write_is_waited_for_and_loses_nothing(outage, broker_url, names, acks, caplog):

@@ -26,7 +26,7 @@ from tests.conftest import (
     wait_until,
 )
 from virtscale import defaults
-from virtscale.broker import Session, queue_counts
+from virtscale.broker import queue_counts
 from virtscale.naming import QueueNames
 from virtscale.worker import consumer as consumer_module
 from virtscale.worker.consumer import Worker
@@ -39,20 +39,6 @@ PATIENCE = 30
 
 #: The delivery limit the `names` fixture declares the job queue with.
 DELIVERY_LIMIT = 5
-
-
-@pytest.fixture
-def acks(monkeypatch) -> list[int]:
-    """Every delivery tag acked, as it is acked."""
-    acked: list[int] = []
-    ack = Session.ack
-
-    def counted(session, delivery_tag: int) -> None:
-        acked.append(delivery_tag)
-        ack(session, delivery_tag)
-
-    monkeypatch.setattr(Session, "ack", counted)
-    return acked
 
 
 class WorkerThread:
