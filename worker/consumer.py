@@ -8,6 +8,7 @@ anywhere before the ack makes the broker redeliver; the store de-duplicates by i
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -28,6 +29,12 @@ log = logging.getLogger(__name__)
 
 #: AMQP's prefetch count is a 16-bit number.
 MAX_PREFETCH = 65535
+
+#: What the worker hashes to time its cost before it subscribes (not a license number).
+CALIBRATION_INPUT = "virtscale-calibration"
+#: Calibration hashes at most, and the seconds after which no further one starts.
+CALIBRATION_HASHES = 5
+CALIBRATION_SECONDS = 0.05
 
 
 def sized_prefetch(concurrency: int, mean_hash_seconds: float) -> int:
@@ -58,12 +65,17 @@ class Worker(ConsumerService):
         #: None: sized by time from the measured hashing time (one job per slot until then).
         self.prefetch_per_slot = prefetch_per_slot
         self.prefetch = min(concurrency * (prefetch_per_slot or 1), MAX_PREFETCH)
-        #: Mean seconds of one hash, and the jobs it was measured on.
+        #: Mean CPU seconds of one hash (see Hashed), and the jobs it was measured on.
         self.mean_hash_seconds: float | None = None
         self._timed_jobs = 0
         #: Monotonic time of the last prefetch change (none yet).
         self._resized_at = -float("inf")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bcrypt")
+        #: Hashes done on the pool, waiting for the I/O loop, and the session a wake-up of the
+        #: loop is pending on: one wake-up serves every hash finished before the loop runs.
+        self._finished: collections.deque[tuple[Session, int, Job, Future, float]] = collections.deque()
+        self._wake_pending_on: Session | None = None
+        self._published_at = -float("inf")
         self.hashed = 0
         self.dead_lettered = 0
         #: Parked: drained and disconnected, waiting for ``resume`` (the warm pool's save).
@@ -74,12 +86,16 @@ class Worker(ConsumerService):
 
     def run(self) -> None:
         """Work until asked to stop; raises BrokerRefused on a configuration error."""
+        self._calibrate()
         log.info(
             "worker %s: cost %d, %d slot(s), prefetch %s, queue %s",
             self.name,
             self.cost,
             self.concurrency,
-            self.prefetch if self.prefetch_per_slot else f"{self.prefetch} until sized by time",
+            self.prefetch
+            if self.prefetch_per_slot
+            else f"{self.prefetch} ({self.mean_hash_seconds * 1000:.1f} ms a hash, "
+            f"{defaults.PREFETCH_SECONDS:g} s of work per slot)",
             self.names.jobs,
         )
         try:
@@ -95,6 +111,24 @@ class Worker(ConsumerService):
             self.hashed,
             self.dead_lettered,
         )
+
+    def _calibrate(self) -> None:
+        """With the prefetch sized by time, time the cost before the first subscription, so that
+        the first consumer already holds about a second of work per slot. (Sizing it later
+        re-subscribes, and what was on its way to the old consumer goes back to the queue, one
+        delivery nearer its limit.) Later jobs' times correct the mean; a drift by
+        PREFETCH_CHANGE_FACTOR still re-subscribes."""
+        if self.prefetch_per_slot or self.mean_hash_seconds is not None:
+            return
+        times: list[float] = []
+        started = time.monotonic()
+        while len(times) < CALIBRATION_HASHES and (
+            not times or time.monotonic() - started < CALIBRATION_SECONDS
+        ):
+            times.append(hash_license(CALIBRATION_INPUT, self.cost).cpu_seconds)
+        self.mean_hash_seconds = sorted(times)[len(times) // 2]
+        self._timed_jobs = 1
+        self.prefetch = sized_prefetch(self.concurrency, self.mean_hash_seconds)
 
     # -- parking (the warm pool) ----------------------------------------------------------
 
@@ -164,29 +198,65 @@ class Worker(ConsumerService):
         future = self._pool.submit(hash_license, job.license, self.cost)
         # Counted once handed on, so a delivery the session dead-letters after an error is not.
         self._unsettled += 1
-        future.add_done_callback(
-            lambda done: session.threadsafe(lambda: self._publish_result(session, delivery_tag, job, done))
-        )
+        future.add_done_callback(lambda done: self._hashed(session, delivery_tag, job, done))
 
-    def _publish_result(self, session: Session, delivery_tag: int, job: Job, done: Future) -> None:
+    def _hashed(self, session: Session, delivery_tag: int, job: Job, done: Future) -> None:
+        """On a pool thread: queue the hash for the I/O loop, and wake the loop unless a wake-up
+        is already pending there. (The loop clears the mark before it empties the queue, so a
+        hash queued meanwhile is either taken by that pass or wakes the loop again.)"""
+        self._finished.append((session, delivery_tag, job, done, time.time()))
+        if self._wake_pending_on is not session:
+            self._wake_pending_on = session
+            session.threadsafe(self._publish_finished)
+
+    def _results_interval(self) -> float:
+        """Seconds between two publishing passes: RESULTS_INTERVAL, or less when the prefetched
+        work per slot is short (a fixed small prefetch): a small share of it, so that a slot
+        never waits on the delay for its next job."""
+        if self.mean_hash_seconds is None:
+            return 0.0
+        work_per_slot = self.prefetch / self.concurrency * self.mean_hash_seconds
+        return min(defaults.RESULTS_INTERVAL, defaults.RESULTS_INTERVAL_SHARE * work_per_slot)
+
+    def _publish_finished(self) -> None:
+        """Publish the hashes finished so far, at most once per _results_interval(): under load
+        a pass takes several, in one send, and their confirms and acks come back together."""
+        session = self._wake_pending_on
+        wait = self._published_at + self._results_interval() - time.monotonic()
+        if wait > 0 and session is not None and session.usable:
+            session.call_later(wait, self._publish_finished)
+            return
+        self._wake_pending_on = None
+        self._published_at = time.monotonic()
+        while self._finished:
+            self._publish_result(*self._finished.popleft())
+
+    def _reset(self) -> None:
+        # Hashes of a lost session are moot (the broker redelivers their jobs).
+        self._finished.clear()
+        self._wake_pending_on = None
+
+    def _publish_result(
+        self, session: Session, delivery_tag: int, job: Job, done: Future, hashed_at: float
+    ) -> None:
         if not self._still_current(session):
             return
         try:
-            digest, hash_ms = done.result()
+            hashed = done.result()
         except Exception as exc:  # bcrypt refused input that passed validation: never retry it
             log.error("job %s: hashing failed: %s", job.id, type(exc).__name__)
             self._dead_letter(
                 session, delivery_tag, job.to_json(), f"hashing failed: {type(exc).__name__}", job.id
             )
             return
-        self._time_job(session, hash_ms / 1000.0)
+        self._time_job(session, hashed.cpu_seconds)
         result = Result(
             id=job.id,
-            hash=digest,
+            hash=hashed.digest,
             worker=self.name,
             produced_at=job.produced_at,
-            hashed_at=time.time(),
-            hash_ms=round(hash_ms, 3),
+            hashed_at=hashed_at,
+            hash_ms=round(hashed.ms, 3),
         )
         session.publish(
             self.names.results,

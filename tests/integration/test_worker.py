@@ -220,7 +220,8 @@ def test_a_stop_finishes_and_acks_the_jobs_in_hand_and_takes_no_more(broker_url,
     # cost 10: each hash takes long enough that the stop finds jobs in hand.
     _ids, bodies = known_jobs(20, seed=23, produced_at=1.0)
     publish_raw(broker_url, names.jobs, bodies)
-    thread = WorkerThread(broker_url, names, cost=10, concurrency=2)
+    # One job per slot: a sized prefetch (a second of work a slot) would take all 20 at once.
+    thread = WorkerThread(broker_url, names, cost=10, concurrency=2, prefetch_per_slot=1)
     wait_until(lambda: thread.worker.hashed >= 1, PATIENCE, "the first job hashed")
     thread.stop()
     delivered = {json.loads(body)["id"] for body in thread.delivered}
@@ -231,7 +232,7 @@ def test_a_stop_finishes_and_acks_the_jobs_in_hand_and_takes_no_more(broker_url,
     assert len(delivered) < 20, "the stop came too late to test anything"
     assert queue_counts(broker_url, names.jobs, TEST_CONNECTION)[0] == 20 - len(delivered)
     said = [r.getMessage() for r in caplog.records if r.name == "virtscale.worker.consumer"]
-    start = f"worker w-in-process: cost 10, 2 slot(s), prefetch 2 until sized by time, queue {names.jobs}"
+    start = f"worker w-in-process: cost 10, 2 slot(s), prefetch 2, queue {names.jobs}"
     assert said[0] == start
     assert any(re.fullmatch(r"worker w-in-process draining: [12] job\(s\) in hand", line) for line in said)
     assert said[-1] == f"worker w-in-process stopped: {len(delivered)} hashed, 0 dead-lettered"
@@ -258,7 +259,8 @@ def test_a_parked_worker_holds_nothing_takes_nothing_resumes_and_ends_parked(
         "the consumer in the management API",
     )[0]
     assert re.fullmatch(r"virtscale-worker:w-in-process:[0-9a-f]{8}", consumer["consumer_tag"])
-    assert consumer["prefetch_count"] == 2, "one job per slot"
+    # Sized by time before it subscribed: the first consumer holds about a second of cost-4 work.
+    assert consumer["prefetch_count"] == worker.prefetch > 2 * 20
     connection = consumer["channel_details"]["connection_name"]
     assert [c["user_provided_name"] for c in management_get("connections") if c["name"] == connection] == [
         f"virtscale-worker w-in-process {names.jobs}"

@@ -1,5 +1,5 @@
 """The worker's prefetch sized by time, against the real RabbitMQ: about a second of work per
-slot once the hashing time is measured, applied to the running consumer; a fixed
+slot, timed before the first subscription, so the first consumer already holds it; a fixed
 --prefetch-per-slot is kept as given."""
 
 from __future__ import annotations
@@ -52,18 +52,25 @@ def results(broker_url, names) -> int:
     return queue_counts(broker_url, names.results, TEST_CONNECTION)[0]
 
 
-def test_the_prefetch_grows_to_about_a_second_of_work_per_slot(broker_url, names, processes):
+def test_the_first_consumer_holds_about_a_second_of_work_per_slot(broker_url, names, processes):
     require(port_open("127.0.0.1", 15672), "RabbitMQ management on 127.0.0.1:15672")
     publish_raw(broker_url, names.jobs, known_jobs(3000, seed=3, produced_at=1.0)[1])
     worker = start_worker(processes, broker_url, names)
-    resized = wait_until(
-        lambda: re.findall(r"prefetch (\d+) \(", processes.output(worker)), 60, "the prefetch sized by time"
+    started = wait_until(
+        lambda: re.findall(
+            r"prefetch (\d+) \(([\d.]+) ms a hash, 1 s of work per slot\), queue", processes.output(worker)
+        ),
+        60,
+        "the start-up line",
     )
-    sized = int(resized[-1])
+    sized, hash_ms = int(started[0][0]), float(started[0][1])
     # A cost-4 hash takes a few milliseconds at most: a second of it is far more than one a slot.
     assert sized >= 2 * 10
+    # 2 slots of a second each (the logged time is rounded to 0.1 ms).
+    assert 0.9 <= sized * hash_ms / 2000 <= 1.1
+    assert served_prefetch(names.jobs) == [sized], "the first consumer already has it"
     wait_until(lambda: results(broker_url, names) == 3000, 120, "every job hashed")
-    # The consumer the broker now serves has the new prefetch (re-subscribed, not only basic.qos).
+    # A later change of the mean re-subscribes: the consumer the broker now serves has the latest.
     latest = int(re.findall(r"prefetch (\d+) \(", processes.output(worker))[-1])
     assert served_prefetch(names.jobs) == [latest]
     worker.send_signal(signal.SIGTERM)

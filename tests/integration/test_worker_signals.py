@@ -27,6 +27,9 @@ def start_worker(processes, broker_url, names, cost: str):
         "2",
         "--name",
         "w-signals",
+        # One job per slot: a sized prefetch (a second of work a slot) would take all at once.
+        "--prefetch-per-slot",
+        "1",
         name="worker",
     )
 

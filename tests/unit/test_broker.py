@@ -139,16 +139,32 @@ class RecordingChannel:
     def basic_publish(self, exchange, routing_key, body, properties, mandatory):
         self.published.append((routing_key, body, properties))
 
-    def basic_ack(self, delivery_tag):
-        self.acked.append(delivery_tag)
+    def basic_ack(self, delivery_tag, multiple=False):
+        self.acked.append((delivery_tag, "and all before") if multiple else delivery_tag)
 
     def basic_nack(self, delivery_tag, requeue):
         self.nacked.append((delivery_tag, requeue))
 
 
+class PassingLoop:
+    """The I/O loop's call_later, run by hand: ``end_pass()`` runs what is due."""
+
+    def __init__(self):
+        self.due: list = []
+
+    def call_later(self, _delay, callback):
+        self.due.append(callback)
+
+    def end_pass(self) -> None:
+        due, self.due = self.due, []
+        for callback in due:
+            callback()
+
+
 def consuming_session(on_message, dead_letter_queue=None) -> tuple[broker.Session, RecordingChannel]:
     session = broker.Session(URL, lambda _session: None, connection_name="virtscale-test")
     channel = session._channel = RecordingChannel()
+    session._connection = types.SimpleNamespace(ioloop=PassingLoop())
     session.ready = True
     session.consume("jobs", on_message, "tag-1", dead_letter_queue=dead_letter_queue)
     return session, channel
@@ -179,7 +195,43 @@ def test_a_delivery_the_callback_fails_on_is_dead_lettered_with_the_error_type(c
     assert "#7" in caplog.text
     assert channel.acked == [] and channel.nacked == []
     confirm(session, 1)
-    assert channel.acked == [7]
+    session._connection.ioloop.end_pass()
+    assert channel.acked == [(7, "and all before")]
+
+
+def test_acks_go_out_once_a_pass_and_never_cover_a_delivery_in_hand():
+    session, channel = consuming_session(lambda *_args: None)
+    for tag in range(1, 9):
+        deliver(channel, tag, str(uuid.uuid4()), b"{}")
+    loop = session._connection.ioloop
+    for tag in (2, 1, 3, 6):
+        session.ack(tag)
+    session.nack(5)
+    assert channel.acked == [], "nothing before the end of the pass"
+    loop.end_pass()
+    # 1-3 contiguous: one multiple ack; 4 is in hand, so 6 goes alone.
+    assert channel.acked == [(3, "and all before"), 6]
+    assert channel.nacked == [(5, True)]
+    session.ack(4)
+    session.ack(8)
+    loop.end_pass()
+    # 4 closes the gap; 5 (nacked) and 6 (acked alone) are settled: the multiple ack stops at 4.
+    assert channel.acked[2:] == [(4, "and all before"), 8]
+    session.ack(7)
+    loop.end_pass()
+    assert channel.acked[4:] == [(7, "and all before")]
+    assert not session._delivered and not session._settled_singly, "nothing left to track"
+
+
+def test_a_stop_sends_the_acks_of_the_pass_before_it_closes():
+    session, channel = consuming_session(lambda *_args: None)
+    deliver(channel, 1, str(uuid.uuid4()), b"{}")
+    session.ack(1)
+    session._connection = types.SimpleNamespace(
+        ioloop=session._connection.ioloop, is_open=True, close=lambda: channel.acked.append("closed")
+    )
+    session.stop()
+    assert channel.acked == [(1, "and all before"), "closed"]
 
 
 def test_without_a_dead_letter_queue_a_failed_delivery_is_nacked_never_requeued():
