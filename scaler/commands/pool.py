@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from virtscale.cli_support import resolve_and_check_amqp_urls
+from virtscale.cli_support import broker_nodes, resolve_and_check_amqp_urls
 from virtscale.config import (
     add_common_options,
     add_management_options,
@@ -117,7 +117,9 @@ def queue_monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     urls = resolve_and_check_amqp_urls(parser, args)
     management_urls = resolve_management_urls(parser, args)
     auth, vhost = broker_identity(urls[0])
-    return QueueMonitor(management_urls, auth, vhost, args.queue, urls, verify=args.management_ca or True)
+    return QueueMonitor(
+        management_urls, auth, vhost, args.queue, broker_nodes(urls, args), verify=args.management_ca or True
+    )
 
 
 def fleet_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Fleet:

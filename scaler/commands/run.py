@@ -14,6 +14,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
+from virtscale.broker import Nodes
 from virtscale.config import OneLineParser, host_or_address, port_number
 from virtscale.console import start_console
 from virtscale.naming import lease_queue
@@ -169,10 +170,9 @@ SETTLE_TIMEOUT = 15.0
 
 def stand_for_lease(parser: OneLineParser, args: argparse.Namespace, monitor: QueueMonitor) -> Leadership:
     """Stand for the pool's lease; a broker that refuses it (the user's rights) exits 1 now."""
-    # The nodes' URLs, not the monitor's Nodes: the lease fails over on a thread of its own.
-    leadership = Leadership(
-        monitor.amqp_nodes.urls, args.queue, args.pool, holder_lookup=monitor.lease_holder
-    )
+    # Nodes of its own, not the monitor's: the lease fails over on a thread of its own.
+    nodes = Nodes(monitor.amqp_nodes.urls, monitor.amqp_nodes.ca_file)
+    leadership = Leadership(nodes, args.queue, args.pool, holder_lookup=monitor.lease_holder)
     leadership.start()
     leadership.wait_settled(SETTLE_TIMEOUT)
     if leadership.refusal is not None:

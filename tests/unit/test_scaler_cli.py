@@ -49,3 +49,35 @@ def test_the_producer_help_ends_with_examples_and_names_units():
 def test_the_management_url_help_names_its_environment_variable():
     run = run_module(SCALER, "run", "--help", check=True)
     assert "VIRTSCALE_MANAGEMENT_URL" in run.stdout
+
+
+def test_the_scaler_reads_the_queue_and_holds_its_lease_verifying_against_the_ca_file(monkeypatch):
+    from virtscale.scaler import cli
+    from virtscale.scaler.commands import run
+    from virtscale.scaler.commands.pool import queue_monitor
+
+    ca_file = "/etc/ssl/certs/ca-certificates.crt"
+    url = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    args = cli.build_parser().parse_args(["run", "--amqp-url", url, "--ca-file", ca_file])
+    parser = args.handler.args[0]
+    monitor = queue_monitor(parser, args)
+    assert monitor.amqp_nodes.ca_file == ca_file
+    leases = []
+
+    class Lease:
+        refusal = None
+
+        def __init__(self, nodes, *_args, **_options):
+            leases.append(nodes)
+
+        def start(self):
+            pass
+
+        def wait_settled(self, _timeout):
+            return True
+
+    monkeypatch.setattr(run, "Leadership", Lease)
+    run.stand_for_lease(parser, args, monitor)
+    [nodes] = leases
+    assert nodes.ca_file == ca_file and nodes.urls == (url,)
+    assert nodes is not monitor.amqp_nodes, "the lease fails over on its own"
