@@ -207,13 +207,13 @@ class Worker(ConsumerService):
             session.threadsafe(self._publish_finished)
 
     def _results_interval(self) -> float:
-        """Seconds between two publishing passes: RESULTS_INTERVAL, or less when the prefetched
-        work per slot is short (a fixed small prefetch): a small share of it, so that a slot
-        never waits on the delay for its next job."""
+        """Seconds between two publishing passes: RESULTS_INTERVAL, or less when the work a slot
+        holds beyond the job it hashes is short: a share of that, so that the delay never leaves
+        a slot waiting for its next job (with one job per slot: no delay at all)."""
         if self.mean_hash_seconds is None:
             return 0.0
-        work_per_slot = self.prefetch / self.concurrency * self.mean_hash_seconds
-        return min(defaults.RESULTS_INTERVAL, defaults.RESULTS_INTERVAL_SHARE * work_per_slot)
+        queued_per_slot = max(self.prefetch / self.concurrency - 1, 0) * self.mean_hash_seconds
+        return min(defaults.RESULTS_INTERVAL, defaults.RESULTS_INTERVAL_SHARE * queued_per_slot)
 
     def _publish_finished(self) -> None:
         """Publish the hashes finished so far, at most once per _results_interval(): under load

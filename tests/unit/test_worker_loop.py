@@ -68,15 +68,20 @@ def test_a_fixed_prefetch_is_not_timed(monkeypatch):
     assert inputs == [] and subject.prefetch == 6 and subject.mean_hash_seconds is None
 
 
-def test_publishing_passes_are_paced_by_the_work_prefetched_per_slot():
+def test_publishing_passes_are_paced_by_the_work_a_slot_holds_beyond_its_job():
     subject = worker(prefetch_per_slot=1)
     assert subject._results_interval() == 0.0, "nothing timed yet: no pause"
     subject.mean_hash_seconds = 0.060
-    # One 60 ms job a slot: 2% of it, so that a slot never waits long for its next job.
-    assert subject._results_interval() == pytest.approx(defaults.RESULTS_INTERVAL_SHARE * 0.060)
+    assert subject._results_interval() == 0.0, "one job a slot: a pause would leave the slot idle"
+    subject.prefetch = 2 * 3
+    # Two 60 ms jobs a slot beyond the one it hashes: a share of those 120 ms.
+    assert subject._results_interval() == pytest.approx(defaults.RESULTS_INTERVAL_SHARE * 0.120)
     sized = worker()
     sized.mean_hash_seconds, sized.prefetch = 0.001, sized_prefetch(2, 0.001)
-    assert sized._results_interval() == defaults.RESULTS_INTERVAL == 0.02, "a second a slot: the cap"
+    assert sized._results_interval() == pytest.approx(0.1 * 0.999), "a second a slot, less one job"
+    deep = worker(prefetch_per_slot=50)
+    deep.mean_hash_seconds = 0.1
+    assert deep._results_interval() == defaults.RESULTS_INTERVAL == 0.1, "4.9 s a slot: the cap"
 
 
 class Transport:
