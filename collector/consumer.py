@@ -199,8 +199,9 @@ class Collector(ConsumerService):
 
     def _settle(self, session: Session, tags: Sequence[int], ok: bool) -> None:
         """The one end of every delivery: ack once it is stored or dead-lettered, else requeue.
-        Each is acked on its own: a multiple ack could also cover a dead-lettered result whose
-        copy the broker has not confirmed yet."""
+        Each is acked by its tag: the Session joins the acks of one pass of its loop into a
+        multiple ack only up to the first delivery still in hand, so that none covers a
+        dead-lettered result whose copy the broker has not confirmed yet."""
         if not self._still_current(session):
             return
         self._unsettled -= 1

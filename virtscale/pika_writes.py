@@ -17,7 +17,8 @@ import functools
 
 from pika.adapters.utils import io_services_utils
 
-#: Bytes joined into one chunk at most: larger backlogs (a slow link) go in several sends.
+#: Bytes after which no further chunk is joined (the last one joined may pass it): a larger
+#: backlog (a slow link) goes in several sends.
 JOIN_LIMIT = 256 * 1024
 
 

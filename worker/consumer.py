@@ -220,7 +220,8 @@ class Worker(ConsumerService):
         a pass takes several, in one send, and their confirms and acks come back together."""
         session = self._wake_pending_on
         wait = self._published_at + self._results_interval() - time.monotonic()
-        if wait > 0 and session is not None and session.usable:
+        # Only on the current session: a mark left on a lost one has nothing to wait for.
+        if wait > 0 and session is self._session and session is not None and session.usable:
             session.call_later(wait, self._publish_finished)
             return
         self._wake_pending_on = None

@@ -118,3 +118,24 @@ def test_pikas_transports_are_wrapped_once():
         produce = vars(transport)["_produce"]
         assert produce.virtscale_joined
         assert not getattr(produce.__wrapped__, "virtscale_joined", False), "not wrapped twice"
+
+
+class LostSession:
+    """A session a reconnect has replaced, which still looks usable: nothing may wait on it."""
+
+    usable = True
+
+    def call_later(self, _delay, _callback):
+        raise AssertionError("a pass waited on a lost session")
+
+
+def test_a_pass_marked_on_a_lost_session_publishes_at_once_and_skips_its_hashes():
+    subject = worker()
+    subject.mean_hash_seconds, subject.prefetch = 0.001, sized_prefetch(2, 0.001)
+    lost = LostSession()
+    subject._session = object()  # the current one
+    subject._published_at = consumer.time.monotonic()  # a pass just now: the next one would wait
+    subject._finished.append((lost, 1, None, None, 0.0))
+    subject._wake_pending_on = lost
+    subject._publish_finished()
+    assert not subject._finished and subject._wake_pending_on is None
