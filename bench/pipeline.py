@@ -48,10 +48,9 @@ def raw_bcrypt_rate(cost: int, jobs: int, slots: int) -> float:
         return jobs / (time.perf_counter() - started)
 
 
-def thread_cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """User + system CPU seconds so far of a process's thread ``tid`` (its main thread by
-    default), from Linux's /proc."""
-    stat = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds so far of a process's main thread, from Linux's /proc."""
+    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -99,10 +98,10 @@ def pipeline_rate(
 
         while results_queued() == 0:
             connection.sleep(0.01)
-        cpu_at_first = thread_cpu_seconds(worker.pid)
+        cpu_at_first = main_thread_cpu_seconds(worker.pid)
         while results_queued() < jobs:
             connection.sleep(0.25)  # rarely: the broker it asks is under test
-        cpu_per_job = (thread_cpu_seconds(worker.pid) - cpu_at_first) / (jobs - 1)
+        cpu_per_job = (main_thread_cpu_seconds(worker.pid) - cpu_at_first) / (jobs - 1)
         worker.terminate()
         worker.wait(30)
         hashed_at = []

@@ -369,12 +369,12 @@ class Session:
         self._resizing = False
         self._after_resize: Callable[[], None] | None = None
         #: Acks go out once per pass of the I/O loop: the deliveries of this channel in order,
-        #: not yet settled on the wire; those the caller acked since the last pass; those acked
-        #: or nacked on their own (out of order) and still in that queue.
+        #: not yet settled on the wire; those the caller acked since the last pass (a pass is
+        #: due while there are any); those acked or nacked on their own (out of order) and still
+        #: in that queue.
         self._delivered: collections.deque[int] = collections.deque()
         self._to_ack: list[int] = []
         self._settled_singly: set[int] = set()
-        self._ack_pass_due = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -656,10 +656,9 @@ class Session:
         if not self._channel_open:
             log.debug("ack of delivery %d skipped: the channel is closed", delivery_tag)
             return
-        self._to_ack.append(delivery_tag)
-        if not self._ack_pass_due:
-            self._ack_pass_due = True
+        if not self._to_ack:
             self._connection.ioloop.call_later(0, self._send_acks)
+        self._to_ack.append(delivery_tag)
 
     def nack(self, delivery_tag: int, requeue: bool = True) -> None:
         self._settled_singly.add(delivery_tag)
@@ -673,7 +672,6 @@ class Session:
         covers only deliveries still unacked on the channel: those acked here, as the nacked
         and singly acked ones are settled already); single acks for the acked ones after a
         delivery still in hand."""
-        self._ack_pass_due = False
         acked, self._to_ack = set(self._to_ack), []
         if not acked or not self._channel_open:
             return
