@@ -56,7 +56,9 @@ def warm_pool(broker_url, processes, tmp_path):
     declare_topology(broker_url, names, defaults.DELIVERY_LIMIT, TEST_CONNECTION)
     template = tmp_path / f"{pool}.json"
     command = [sys.executable, str(ROOT / "deploy/template.py"), "--pool", pool, "--out", str(template)]
-    subprocess.run([*command, "--queue", names.jobs, "--cost", str(COST)], check=True, cwd=ROOT)
+    # Four times test_vms' cost: one guest must not clear the backlog alone before the scaler
+    # decides (at COST a guest hashed 3,000 jobs in about 40 s, and no scale-out came).
+    subprocess.run([*command, "--queue", names.jobs, "--cost", str(COST + 2)], check=True, cwd=ROOT)
     vms = [sys.executable, str(ROOT / "deploy/vms.py")]
     users = ["--provisioner-password-file", str(PROVISIONER), "--queue", names.jobs]
     subprocess.run(
